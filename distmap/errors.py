@@ -1,0 +1,24 @@
+"""User-facing errors: the CLI prints these as one line, without a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DistmapError(Exception):
+    """An error caused by user input (a file, a config, a flag), not by a bug."""
+
+
+class DataError(DistmapError):
+    """A problem in an input file, located by path and (where it has one) line number."""
+
+    def __init__(self, path: str | Path, problem: str, line: int | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+class ConfigError(DistmapError):
+    """A bad configuration key or value; the message names the key and the file."""
