@@ -1,0 +1,128 @@
+"""Command line: ``distmap prepare | features | train | evaluate | report``.
+
+User errors (bad files, bad config keys) print one line naming the file and the problem and
+exit with status 2; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from distmap.errors import DistmapError
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from distmap.data.prepare import prepare_dataset
+
+    prepare_dataset(args.raw_dir, args.out_dir, overwrite=args.overwrite)
+
+
+def _features_text(args: argparse.Namespace) -> None:
+    from distmap.data.features import embed_text
+
+    columns = args.columns.split(",") if args.columns else None
+    embed_text(args.dataset, args.source, columns=columns, modality=args.modality, batch_size=args.batch_size)
+
+
+def _features_import(args: argparse.Namespace) -> None:
+    from distmap.data.features import import_features
+
+    import_features(args.dataset, args.modality, args.file, id_column=args.id_column)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from distmap.config import load_config
+    from distmap.train.fit import fit
+
+    fit(load_config(args.config, args.set))
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from distmap.config import load_config
+    from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from distmap.train.fit import build_filter, evaluate_split, resolve_device
+    from distmap.data.kg import KnowledgeGraph
+    from distmap.models.zoo import build_model
+
+    run_dir = Path(args.run_dir)
+    overrides = [*args.set, *([f"train.tie={args.tie}"] if args.tie else [])]
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    saved = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    device = resolve_device(cfg.train.device)
+    kg = KnowledgeGraph.load(cfg.data.path)
+    model = build_model(cfg.model, kg.num_entities, kg.num_relations).to(device)
+    model.load_state_dict(saved["best_state"])
+    result = evaluate_split(model, kg, args.split, build_filter(kg, device), cfg, progress=True)
+    print(f"{run_dir.name}, {args.split} split, model from epoch {saved['best_epoch']}:\n{result.table()}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from distmap.report import load_runs, results_table
+
+    runs = load_runs([Path(p) for p in args.runs])
+    if not runs:
+        raise DistmapError(f"no metrics.json under {', '.join(args.runs)}: train some runs first")
+    print(results_table(runs))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distmap", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="raw TSV folder (train/valid/test) -> dataset directory")
+    p.add_argument("raw_dir")
+    p.add_argument("out_dir")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
+    p.set_defaults(func=_prepare)
+
+    feats = sub.add_parser("features", help="add a feature modality to a dataset directory")
+    fsub = feats.add_subparsers(dest="features_command", required=True)
+    p = fsub.add_parser("text", help="embed per-entity text with the offline MiniLM encoder")
+    p.add_argument("dataset")
+    p.add_argument("--source", required=True, help="TSV with a header; first column = entity name")
+    p.add_argument("--columns", help="comma-separated text columns to join (default: all but the first)")
+    p.add_argument("--modality", default="text")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_features_text)
+    p = fsub.add_parser("import", help="import a feature matrix (.npy or .parquet) for any modality")
+    p.add_argument("dataset")
+    p.add_argument("--modality", required=True, help="e.g. visual")
+    p.add_argument("--file", required=True)
+    p.add_argument("--id-column", help="Parquet column of entity names (else rows are in sorted-entity order)")
+    p.set_defaults(func=_features_import)
+
+    p = sub.add_parser("train", help="train and evaluate a model from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.05")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint (filtered ranking)")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--tie", choices=["realistic", "optimistic", "pessimistic"])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="markdown table of finished runs: mean ± std over seeds, paper beside")
+    p.add_argument("runs", nargs="+", help="run folders or folders of runs (each with metrics.json)")
+    p.set_defaults(func=_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DistmapError as err:
+        print(f"distmap {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""A prepared dataset directory loaded into memory: names, id triples and the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from distmap.data.prepare import SPLITS, read_manifest, sha256_file
+from distmap.errors import DataError
+
+
+@dataclass(frozen=True)
+class KnowledgeGraph:
+    """Entity/relation names (index = id) and the train/valid/test triples as (n, 3) int64."""
+
+    root: Path
+    entities: tuple[str, ...]
+    relations: tuple[str, ...]
+    splits: dict[str, torch.Tensor]
+    manifest: dict[str, Any]
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entities)
+
+    @property
+    def num_relations(self) -> int:
+        return len(self.relations)
+
+    @property
+    def train(self) -> torch.Tensor:
+        return self.splits["train"]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.splits["valid"]
+
+    @property
+    def test(self) -> torch.Tensor:
+        return self.splits["test"]
+
+    @classmethod
+    def load(cls, root: str | Path, *, verify: bool = True) -> KnowledgeGraph:
+        """Load a dataset directory; `verify` checks every file against the manifest's sha256."""
+        root = Path(root)
+        manifest = read_manifest(root)
+        entities = read_names(root, manifest, "entities", verify=verify)
+        relations = read_names(root, manifest, "relations", verify=verify)
+        splits = {
+            split: _read_triples(root, manifest, split, len(entities), len(relations), verify=verify)
+            for split in SPLITS
+        }
+        return cls(root, entities, relations, splits, manifest)
+
+    def all_triples(self) -> torch.Tensor:
+        """train, valid and test stacked: the set of known true triples for filtered ranking."""
+        return torch.cat([self.splits[split] for split in SPLITS])
+
+
+def add_reciprocals(triples: torch.Tensor, num_relations: int) -> torch.Tensor:
+    """(h, r, t) rows followed by (t, r + R, h): head prediction becomes tail prediction."""
+    inverse = torch.stack([triples[:, 2], triples[:, 1] + num_relations, triples[:, 0]], dim=1)
+    return torch.cat([triples, inverse])
+
+
+def read_names(root: Path, manifest: dict[str, Any], table: str, *, verify: bool = True) -> tuple[str, ...]:
+    """Names of `entities` or `relations`, whose row i must hold id i."""
+    path = _checked_file(root, manifest[table], verify)
+    data = _read_parquet(path, ["id", "name"])
+    ids = data.column("id").to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        raise DataError(path, "ids are not 0..n-1 in row order")
+    expected = manifest[f"num_{table}"]
+    if len(ids) != expected:
+        raise DataError(path, f"{len(ids):,} rows but the manifest says {expected:,}")
+    return tuple(data.column("name").to_pylist())
+
+
+def _read_triples(
+    root: Path, manifest: dict[str, Any], split: str, num_entities: int, num_relations: int, *, verify: bool
+) -> torch.Tensor:
+    entry = manifest["splits"][split]
+    path = _checked_file(root, entry, verify)
+    data = _read_parquet(path, ["h", "r", "t"])
+    triples = np.stack([data.column(c).to_numpy() for c in ("h", "r", "t")], axis=1).astype(np.int64)
+    if len(triples) != entry["triples"]:
+        raise DataError(path, f"{len(triples):,} triples but the manifest says {entry['triples']:,}")
+    _check_range(path, triples[:, [0, 2]], num_entities, "entity")
+    _check_range(path, triples[:, 1], num_relations, "relation")
+    return torch.from_numpy(triples)
+
+
+def _check_range(path: Path, ids: np.ndarray, size: int, kind: str) -> None:
+    if ids.size and (ids.min() < 0 or ids.max() >= size):
+        raise DataError(path, f"{kind} id out of range [0, {size}): min {ids.min()}, max {ids.max()}")
+
+
+def _checked_file(root: Path, entry: dict[str, Any], verify: bool) -> Path:
+    path = root / entry["file"]
+    if not path.is_file():
+        raise DataError(path, "file listed in the manifest is missing")
+    if verify and sha256_file(path) != entry["sha256"]:
+        raise DataError(path, "checksum mismatch with manifest.json: the file changed after prepare")
+    return path
+
+
+def _read_parquet(path: Path, columns: list[str]) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(path, f"unreadable Parquet file ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,63 @@
+"""Results tables from finished runs: mean ± std over seeds, beside the paper's numbers."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from distmap.errors import DataError
+
+# ICASSP 2025 MAP paper, Table 1 (filtered, test): MRR, H@1, H@3, H@10. Reference values, not ours.
+PAPER: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "fb-img": {"transe": (.712, .618, .781, .859), "distmult": (.706, .606, .742, .808),
+               "complex": (.808, .757, .845, .892), "rotate": (.794, .744, .827, .883)},
+    "wn9-img": {"transe": (.865, .765, .816, .871), "distmult": (.901, .895, .913, .925),
+                "complex": (.908, .903, .907, .928), "rotate": (.910, .901, .915, .926)},
+}
+METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
+REQUIRED = ("dataset", "model", "modalities", "test", "test_both_by_tie", "best_epoch", "train_seconds")
+
+
+def load_runs(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every ``metrics.json`` under the given run folders (or folders of runs)."""
+    runs = []
+    for path in paths:
+        for file in sorted(path.rglob("metrics.json")) if path.is_dir() else [path]:
+            try:
+                run = json.loads(file.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as err:
+                raise DataError(file, f"cannot read run metrics: {err}") from None
+            missing = [key for key in REQUIRED if key not in run]
+            if missing:
+                raise DataError(file, f"not a distmap run summary (missing {', '.join(missing)})")
+            runs.append(run)
+    return runs
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def results_table(runs: list[dict[str, Any]]) -> str:
+    """Markdown: one row per (dataset, model), test metrics over seeds, the paper's row beside."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["dataset"], run["model"], "+".join(run["modalities"]))].append(run)
+    header = ("| dataset | model | modalities | seeds | MRR | H@1 | H@3 | H@10 | MRR (pessimistic ties) "
+              "| paper MRR / H@1 / H@3 / H@10 | epochs (best) | train s/run |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for (dataset, model, modalities), members in sorted(groups.items()):
+        cells = [_mean_std([r["test"]["both"][m] for r in members]) for m in METRICS]
+        pess = _mean_std([r["test_both_by_tie"]["pessimistic"]["mrr"] for r in members])
+        paper = PAPER.get(dataset, {}).get(model)
+        paper_cell = " / ".join(f"{v:.3f}" for v in paper) if paper else "—"
+        epochs = ", ".join(str(r["best_epoch"]) for r in members)
+        seconds = statistics.mean(r["train_seconds"] for r in members)
+        lines.append(f"| {dataset} | {model} | {modalities} | {len(members)} | " + " | ".join(cells)
+                     + f" | {pess} | {paper_cell} | {epochs} | {seconds:.0f} |")
+    return "\n".join(lines)

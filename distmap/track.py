@@ -1,0 +1,62 @@
+"""MLflow logging for one training run; a no-op when tracking is disabled.
+
+The default store is a local SQLite file (this MLflow version refuses a plain ``./mlruns``
+file store), with artifacts in a folder beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from distmap.config import TrackConfig
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    """``sqlite:///x/mlflow.db`` -> ``file:///abs/x/mlartifacts``: artifacts stay beside the store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (db.parent.absolute() / "mlartifacts").as_uri()
+
+
+class Tracker:
+    """Logs params, per-epoch metrics and artifacts of one run to MLflow."""
+
+    def __init__(self, cfg: TrackConfig) -> None:
+        self.cfg = cfg
+        self.run_id: str | None = None
+        self._mlflow: Any = None
+
+    def start(self, run_name: str, params: dict[str, Any], run_id: str | None = None) -> str | None:
+        """Start (or, with ``run_id``, continue after a resume) the MLflow run."""
+        if not self.cfg.enabled:
+            return None
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        import mlflow
+
+        self._mlflow = mlflow
+        mlflow.set_tracking_uri(self.cfg.tracking_uri)
+        experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
+        experiment_id = (experiment.experiment_id if experiment else
+                         mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri)))
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, experiment_id=experiment_id)
+        self.run_id = run.info.run_id
+        if run_id is None:
+            mlflow.log_params(params)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self._mlflow:
+            clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
+            self._mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path) -> None:
+        if self._mlflow:
+            self._mlflow.log_artifact(str(path))
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._mlflow:
+            self._mlflow.end_run(status=status)
+            self._mlflow = None

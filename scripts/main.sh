@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job: prepare WN9-IMG, embed its text, train + evaluate a model, log to MLflow (./mlflow.db).
+# Extra arguments go to `distmap train`, e.g. --set train.epochs=5.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/venv.sh"
+DATASET=datasets/wn9-img
+[ -f "$DATASET/manifest.json" ] || .venv/bin/distmap prepare data/raw/wn9-img "$DATASET"
+if ! .venv/bin/python -c "import json,sys; sys.exit('text' not in json.load(open('$DATASET/manifest.json'))['features'])"; then
+  .venv/bin/distmap features text "$DATASET" --source data/raw/wn9-img/wordnet30_glosses.tsv.gz --columns lemmas,gloss
+fi
+.venv/bin/distmap train configs/wn9img/complex.yaml "$@"
+echo "MLflow UI: .venv/bin/mlflow server --backend-store-uri sqlite:///$PWD/mlflow.db --host 127.0.0.1 --port 5000 --workers 1"
