@@ -6,7 +6,10 @@ file store), with artifacts in a folder beside it.
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,23 @@ def _artifact_root(tracking_uri: str) -> str | None:
         return None
     db = Path(tracking_uri.removeprefix("sqlite:///"))
     return (db.parent.absolute() / "mlartifacts").as_uri()
+
+
+@contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Serialise opening a SQLite store: two runs creating a fresh ``mlflow.db`` at once race in
+    MLflow's schema migration ("duplicate column name")."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class Tracker:
@@ -38,10 +58,12 @@ class Tracker:
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.cfg.tracking_uri)
-        experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
-        experiment_id = (experiment.experiment_id if experiment else
-                         mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri)))
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, experiment_id=experiment_id)
+        with _store_lock(self.cfg.tracking_uri):
+            experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
+            experiment_id = (experiment.experiment_id if experiment else
+                             mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri)))
+            run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+                                   experiment_id=experiment_id)
         self.run_id = run.info.run_id
         if run_id is None:
             mlflow.log_params(params)
