@@ -41,10 +41,10 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from distmap.config import load_config
-    from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from distmap.train.fit import build_filter, evaluate_split, resolve_device
     from distmap.data.kg import KnowledgeGraph
     from distmap.models.zoo import build_model
+    from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from distmap.train.fit import build_filter, evaluate_split, resolve_device
 
     run_dir = Path(args.run_dir)
     overrides = [*args.set, *([f"train.tie={args.tie}"] if args.tie else [])]

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from distmap.data.features import embed_text, import_features
-from distmap.data.prepare import prepare_dataset, read_manifest
+from distmap.data.manifest import read_manifest
+from distmap.data.prepare import prepare_dataset
 from distmap.data.shards import FeatureShards
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from distmap.data.prepare import prepare_dataset, read_manifest
+from distmap.data.manifest import read_manifest
+from distmap.data.prepare import prepare_dataset
 from distmap.data.shards import FeatureShards, write_feature_shards
 from distmap.errors import DataError
 

@@ -17,7 +17,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distmap.data.kg import read_names
-from distmap.data.prepare import EXAMPLES, Log, read_manifest
+from distmap.data.manifest import read_manifest
+from distmap.data.prepare import EXAMPLES, Log
 from distmap.data.shards import check_modality_name, write_feature_shards
 from distmap.data.tsv import TsvReader, read_header
 from distmap.errors import DataError, DistmapError

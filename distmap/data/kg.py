@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from distmap.data.prepare import SPLITS, read_manifest, sha256_file
+from distmap.data.manifest import read_manifest, sha256_file
+from distmap.data.prepare import SPLITS
 from distmap.errors import DataError
 
 

@@ -7,11 +7,7 @@ matrices, so a user's matrix drops in without a remap. Nothing is dropped: oddit
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,13 +17,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from distmap.data.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    write_manifest,
+    write_parquet,
+)
 from distmap.data.tsv import TsvReader, find_tsv, read_header
 from distmap.errors import DataError, DistmapError
 
-FORMAT_VERSION = "distmap-dataset/1"
-MANIFEST = "manifest.json"
 SPLITS = ("train", "valid", "test")
 TRIPLE_COLUMNS = ("head", "relation", "tail")
 ID_ORDER = "id = position of the name in Python sorted() order (Unicode code points)"
@@ -82,52 +81,6 @@ def prepare_dataset(
         + f" -> {out_dir}"
     )
     return manifest
-
-
-# ---------------------------------------------------------------- manifest helpers
-
-
-def sha256_file(path: Path) -> str:
-    """Checksums let a loader detect a dataset edited or half-copied after prepare."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(root: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset directory (DataError if there is none)."""
-    root = Path(root)
-    path = root / MANIFEST
-    if not root.is_dir():
-        raise DataError(root, "dataset directory not found; run `distmap prepare` first")
-    if not path.is_file():
-        raise DataError(path, "manifest not found; is this a prepared dataset directory?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(path, f"unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
-        raise DataError(path, f"not a {FORMAT_VERSION} manifest")
-    return manifest
-
-
-def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically: readers see the old one or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
-        json.dump(manifest, stream, indent=2, ensure_ascii=False)
-        stream.write("\n")
-    os.replace(tmp, root / MANIFEST)
-
-
-def write_parquet(table: pa.Table, path: Path) -> str:
-    """Write via a temporary name (a crash never leaves a truncated file); return its sha256."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return sha256_file(path)
 
 
 # ---------------------------------------------------------------- reading

@@ -16,7 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from distmap.data.prepare import read_manifest, sha256_file, write_manifest, write_parquet
+from distmap.data.manifest import (
+    read_manifest,
+    sha256_file,
+    write_manifest,
+    write_parquet,
+)
 from distmap.errors import DataError, DistmapError
 
 FEATURES_DIR = "features"
