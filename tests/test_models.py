@@ -77,3 +77,10 @@ def test_model_sizes_and_reciprocal_relations() -> None:
     assert model.relations.shape == (6, 14)
     rot = build_model(ModelConfig(name="rotate", rank=7), num_entities=11, num_base_relations=3)
     assert rot.relations.shape == (6, 7)
+
+
+def test_complex_factors_have_finite_gradient_at_zero() -> None:
+    x = torch.zeros(1, 4, requires_grad=True)
+    f, _, _ = make_interaction("complex").factors(x, x, x)
+    f.pow(3).sum().backward()
+    assert torch.isfinite(x.grad).all()

@@ -21,6 +21,16 @@ def _halves(x: Tensor) -> tuple[Tensor, Tensor]:
     return re, im
 
 
+def _modulus(x: Tensor) -> Tensor:
+    """|z| per complex coordinate of an [re | im] row, as kbc's N3 factors.
+
+    Written out rather than ``vector_norm(stack(...))`` (about 100x slower on CPU at rank 500);
+    the clamp keeps the gradient finite at z = 0, where sqrt's derivative is infinite.
+    """
+    re, im = _halves(x)
+    return (re * re + im * im).clamp_min(1e-30).sqrt()
+
+
 def _complex_product(h: Tensor, r: Tensor) -> Tensor:
     h_re, h_im = _halves(h)
     r_re, r_im = _halves(r)
@@ -65,7 +75,7 @@ class Interaction:
     def factors(self, h: Tensor, r: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-coordinate magnitudes the N3 / L2 regularizers act on (kbc's ``factors``)."""
         if self.complex_valued:
-            return tuple(torch.linalg.vector_norm(torch.stack(_halves(x)), dim=0) for x in (h, r, t))
+            return _modulus(h), _modulus(r), _modulus(t)
         return h.abs(), r.abs(), t.abs()
 
 

@@ -33,6 +33,8 @@ class EntityTable(nn.Module):
         """Embeddings of the global row range [lo, hi), a view (no copy)."""
         if not self.lo <= lo <= hi <= self.hi:
             raise IndexError(f"rows [{lo}, {hi}) are outside this table's rows [{self.lo}, {self.hi})")
+        if (lo, hi) == (self.lo, self.hi):
+            return self.weight  # a full slice would cost a zero-filled gradient copy in backward
         return self.weight[lo - self.lo : hi - self.lo]
 
 
@@ -65,7 +67,9 @@ class KGEModel(nn.Module):
     def forward(self, triples: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
         """kbc's forward: scores of every (h, r) against all local entities, plus N3 factors."""
         h, r, t = triples.unbind(1)
-        h_emb, r_emb, t_emb = self.entities.rows(h), self.relations[r], self.entities.rows(t)
+        # One gather for heads and tails: each gather's backward zero-fills a table-sized gradient.
+        h_emb, t_emb = self.entities.rows(torch.cat([h, t])).chunk(2)
+        r_emb = self.relations[r]
         q = self.interaction.query(h_emb, r_emb)
         scores = self.interaction.score(q, self.entities.block(self.entities.lo, self.entities.hi))
         return scores, self.interaction.factors(h_emb, r_emb, t_emb)
