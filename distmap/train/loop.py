@@ -7,6 +7,7 @@ logging live around this loop (``distmap.train.fit``), not inside it.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -64,7 +65,9 @@ def train_epoch(model: KGEModel, examples: Tensor, optimizer: torch.optim.Optimi
     order = torch.randperm(examples.shape[0], generator=generator)
     total = fit_total = 0.0
     device = model.relations.device
-    with tqdm(total=examples.shape[0], desc=desc, unit="ex", leave=False, mininterval=1.0, disable=None) as bar:
+    # In a log file (no TTY) a bar update every minute is progress enough and keeps the log short.
+    interval = 1.0 if sys.stderr.isatty() else 60.0
+    with tqdm(total=examples.shape[0], desc=desc, unit="ex", leave=False, mininterval=interval) as bar:
         for begin in range(0, examples.shape[0], batch_size):
             batch = examples[order[begin : begin + batch_size]].to(device)
             scores, factors = model(batch)
