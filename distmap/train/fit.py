@@ -86,7 +86,7 @@ def fit(cfg: Config, log: Callable[[str], None] = print) -> FitResult:
     ckpt_path = run_dir / CHECKPOINT_NAME
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, kg.num_entities, kg.num_relations).to(device)
+    model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed).to(device)
     optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     examples = add_reciprocals(kg.train, kg.num_relations)
