@@ -29,6 +29,11 @@ def all_reduce_(tensor: Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM)
     return tensor
 
 
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
+
+
 def gather_sizes(n: int, device: torch.device) -> list[int]:
     """Every worker's row count (batches may differ in size at the end of an epoch)."""
     if world()[1] == 1:

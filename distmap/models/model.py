@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from distmap.models.interactions import Interaction, RotatE
 
-
 INIT_BLOCK_ROWS = 4096
 
 
