@@ -8,6 +8,7 @@ folder), so a run restores on any number of workers.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,12 +30,12 @@ from distmap.dist.shard_checkpoint import (
     restore_entity_state,
     save_rows,
 )
-from distmap.dist.sharded import evaluate_sharded, train_epoch_sharded
+from distmap.dist.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult
 from distmap.train.fit import Progress, check_resumable, make_optimizer, training_parts
-from distmap.train.loop import EpochStats
+from distmap.train.loop import EpochStats, StepLoss, run_epoch
 
 Publish = Callable[[Path, dict[str, Any]], None]
 
@@ -43,9 +44,11 @@ class ShardedEngine:
     """This worker's rows of the model, its optimizer state, and the collective train/eval steps."""
 
     def __init__(self, cfg: Config, kg: KnowledgeGraph, device: torch.device, restore_from: Path | None,
-                 publish: Publish) -> None:
+                 publish: Publish, fault_marker: Path | None = None) -> None:
         self.cfg, self.kg, self.restore_from, self.publish = cfg, kg, restore_from, publish
         self.rank, size = world()
+        at = cfg.scale.fail_at_step
+        self.fault = FailOnce(at, fault_marker) if at and fault_marker and self.rank == size - 1 else None
         self.lo, self.hi = row_ranges(kg.num_entities, size)[self.rank]
         self.model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed,
                                  entity_range=(self.lo, self.hi)).to(device)
@@ -58,8 +61,12 @@ class ShardedEngine:
         self.rows_read: list[Path] = []
 
     def train_epoch(self, desc: str) -> EpochStats:
-        return train_epoch_sharded(self.model, self.examples, self.optimizer, self.objective,
-                                   self.cfg.train.batch_size, self.generator, desc)
+        self.model.train()
+        step = sharded_step(self.model, self.examples, self.objective)
+        if self.fault is not None:
+            step = self.fault.wrap(step)
+        return run_epoch(step, self.optimizer, self.num_examples, self.cfg.train.batch_size, self.generator, desc,
+                         sync_grads=sync_replicated_grads(self.model), show_progress=self.rank == 0)
 
     def evaluate(self, split: str) -> EvalResult:
         return evaluate_sharded(self.model, self.kg.splits[split], num_relations=self.kg.num_relations,
@@ -110,6 +117,25 @@ class ShardedEngine:
         self.generator.set_state(common["generator"])
         torch.set_rng_state(common["torch_rng"])
         return Progress.from_saved(common)
+
+
+class FailOnce:
+    """Fault injection: kill this worker process at its ``at``-th step (counted over epochs),
+    once per marker file, so the restarted run goes through."""
+
+    def __init__(self, at: int, marker: Path) -> None:
+        self.at, self.marker, self.steps = at, marker, 0
+
+    def wrap(self, step: StepLoss) -> StepLoss:
+        def wrapped(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            self.steps += 1
+            if self.steps == self.at and not self.marker.exists():
+                self.marker.parent.mkdir(parents=True, exist_ok=True)
+                self.marker.touch()
+                os._exit(1)
+            return step(index)
+
+        return wrapped
 
 
 def epoch_folder(root: Path, epoch: int) -> Path:

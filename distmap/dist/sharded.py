@@ -31,7 +31,7 @@ from distmap.dist.collectives import (
 from distmap.dist.parallel_ce import vocab_parallel_cross_entropy
 from distmap.models.model import EntityTable, KGEModel
 from distmap.train.evaluate import EvalResult, FilterIndex, RankCounts, TieBreak, both_directions, count_chunk
-from distmap.train.loop import EpochStats, Objective, StepLoss, run_epoch
+from distmap.train.loop import Objective, StepLoss
 
 
 def gather_entity_rows(table: EntityTable, ids: Tensor) -> Tensor:
@@ -78,15 +78,6 @@ def sync_replicated_grads(model: KGEModel) -> Callable[[], None]:
             all_reduce_(model.relations.grad)
 
     return sync
-
-
-def train_epoch_sharded(model: KGEModel, examples: Tensor, optimizer: torch.optim.Optimizer,
-                        objective: Objective, batch_size: int, generator: torch.Generator,
-                        desc: str = "train") -> EpochStats:
-    """One pass; every worker holds all examples' ids and the same generator state."""
-    model.train()
-    return run_epoch(sharded_step(model, examples, objective), optimizer, examples.shape[0], batch_size,
-                     generator, desc, sync_grads=sync_replicated_grads(model), show_progress=world()[0] == 0)
 
 
 def replicated_rows(table: EntityTable, ids: Tensor) -> Tensor:
