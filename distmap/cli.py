@@ -34,9 +34,16 @@ def _features_import(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from distmap.config import load_config
-    from distmap.train.fit import fit
 
-    fit(load_config(args.config, args.set))
+    cfg = load_config(args.config, args.set)
+    if cfg.scale.workers:
+        from distmap.dist.trainer import fit_distributed
+
+        fit_distributed(cfg)
+    else:
+        from distmap.train.fit import fit
+
+        fit(cfg)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

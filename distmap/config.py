@@ -94,11 +94,36 @@ class TrackConfig:
 
 
 @dataclass
+class ScaleConfig:
+    """Where training runs: one process (``workers: 0``) or P Ray Train workers over row shards.
+
+    ``address: local`` starts a private Ray instance on 127.0.0.1; anything else is passed to
+    ``ray.init`` (``auto`` inside a cluster). ``fail_at_step`` is fault injection for tests and
+    drills: the last worker exits at that global step, once per run, and Ray must recover.
+    """
+
+    workers: int = 0
+    use_gpu: bool = False
+    address: str = "local"
+    cpus_per_worker: int = 1
+    max_failures: int = 0
+    fail_at_step: int = 0
+
+    def check(self) -> None:
+        _require(self.workers >= 0, "scale.workers", "must be >= 0 (0 = single process without Ray)")
+        _require(self.cpus_per_worker > 0, "scale.cpus_per_worker", "must be > 0")
+        _require(self.max_failures >= -1, "scale.max_failures", "must be >= -1 (-1 = retry forever)")
+        _require(self.fail_at_step >= 0, "scale.fail_at_step", "must be >= 0 (0 = no injected failure)")
+        _require(bool(self.address), "scale.address", "must be 'local' or a Ray cluster address")
+
+
+@dataclass
 class Config:
     data: DataConfig
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -84,3 +84,12 @@ def test_complex_factors_have_finite_gradient_at_zero() -> None:
     f, _, _ = make_interaction("complex").factors(x, x, x)
     f.pow(3).sum().backward()
     assert torch.isfinite(x.grad).all()
+
+
+def test_initial_rows_do_not_depend_on_the_partition() -> None:
+    cfg = ModelConfig(name="complex", rank=3, init_scale=0.1)
+    whole = build_model(cfg, num_entities=9000, num_base_relations=2, seed=5)
+    parts = [build_model(cfg, 9000, 2, seed=5, entity_range=r) for r in [(0, 4000), (4000, 8193), (8193, 9000)]]
+    torch.testing.assert_close(torch.cat([p.entities.weight for p in parts]), whole.entities.weight, rtol=0, atol=0)
+    assert all(torch.equal(p.relations, whole.relations) for p in parts)
+    assert not torch.equal(build_model(cfg, 9000, 2, seed=6).entities.weight, whole.entities.weight)

@@ -14,16 +14,35 @@ from torch import Tensor, nn
 
 from distmap.models.interactions import Interaction, RotatE
 
+INIT_BLOCK_ROWS = 4096
+
+
+def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int) -> Tensor:
+    """N(0, scale^2) rows [lo, hi) of a table, identical whichever worker makes which range.
+
+    Rows come in fixed blocks, each from its own generator seeded by (seed, block), so a worker
+    draws only its blocks: no full table anywhere, and any partition gives the same rows.
+    """
+    out = torch.empty(hi - lo, dim)
+    for block in range(lo // INIT_BLOCK_ROWS, -(-hi // INIT_BLOCK_ROWS)):
+        start = block * INIT_BLOCK_ROWS
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
+        rows = torch.randn(INIT_BLOCK_ROWS, dim, generator=generator)
+        a, b = max(lo, start), min(hi, start + INIT_BLOCK_ROWS)
+        out[a - lo : b - lo] = rows[a - start : b - start]
+    return out * scale
+
 
 class EntityTable(nn.Module):
     """Entity embeddings for global rows [lo, hi) of ``num_total``."""
 
-    def __init__(self, num_total: int, dim: int, init_scale: float, lo: int = 0, hi: int | None = None) -> None:
+    def __init__(self, num_total: int, dim: int, init_scale: float, seed: int, lo: int = 0,
+                 hi: int | None = None) -> None:
         super().__init__()
         self.num_total = num_total
         self.lo = lo
         self.hi = num_total if hi is None else hi
-        self.weight = nn.Parameter(torch.randn(self.hi - self.lo, dim) * init_scale)
+        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed))
 
     def rows(self, ids: Tensor) -> Tensor:
         """Embeddings of global entity ids, which must lie in this table's range."""
@@ -42,15 +61,17 @@ class KGEModel(nn.Module):
     """Scores (h, r, ?) against entity blocks; relations include the reciprocal ones (2R)."""
 
     def __init__(self, interaction: Interaction, num_entities: int, num_relations: int, rank: int,
-                 init_scale: float) -> None:
+                 init_scale: float, seed: int = 0, entity_range: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.interaction = interaction
-        self.entities = EntityTable(num_entities, interaction.entity_dim(rank), init_scale)
+        lo, hi = entity_range or (0, num_entities)
+        self.entities = EntityTable(num_entities, interaction.entity_dim(rank), init_scale, seed, lo, hi)
         rel_dim = interaction.relation_dim(rank)
+        generator = torch.Generator().manual_seed(seed)  # relations are replicated: same draw everywhere
         if isinstance(interaction, RotatE):
-            relation = torch.empty(num_relations, rel_dim).uniform_(-math.pi, math.pi)
+            relation = torch.empty(num_relations, rel_dim).uniform_(-math.pi, math.pi, generator=generator)
         else:
-            relation = torch.randn(num_relations, rel_dim) * init_scale
+            relation = torch.randn(num_relations, rel_dim, generator=generator) * init_scale
         self.relations = nn.Parameter(relation)
 
     @property

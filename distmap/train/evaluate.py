@@ -282,6 +282,12 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def both_directions(triples: Tensor, num_relations: int) -> Tensor:
+    """Tail queries (h, r, t) followed by head queries asked as (t, r + R, h)."""
+    h, r, t = triples.unbind(dim=1)
+    return torch.cat([triples, torch.stack([t, r + num_relations, h], dim=1)])
+
+
 @torch.no_grad()
 def evaluate(
     scorer: Scorer,
@@ -308,7 +314,7 @@ def evaluate(
         raise DistmapError(f"evaluation triples have relation ids outside [0, {num_relations})")
     if ((h < 0) | (h >= num_entities) | (t < 0) | (t >= num_entities)).any():
         raise DistmapError(f"evaluation triples have entity ids outside [0, {num_entities})")
-    queries = torch.cat([triples, torch.stack([t, r + num_relations, h], dim=1)])
+    queries = both_directions(triples, num_relations)
     both = rank_queries(
         scorer, queries, filter_index, num_entities, batch_size=batch_size, chunk_size=chunk_size, progress=progress
     )

@@ -5,11 +5,12 @@ checkpoint/resume, final test evaluation and MLflow logging.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -22,7 +23,12 @@ from distmap.plots import training_curve
 from distmap.track import Tracker
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
-from distmap.train.loop import Objective, frequency_class_weights, train_epoch
+from distmap.train.loop import (
+    EpochStats,
+    Objective,
+    frequency_class_weights,
+    train_epoch,
+)
 
 SELECTION_METRIC = "both/mrr"
 
@@ -66,122 +72,201 @@ def build_filter(kg: KnowledgeGraph, device: torch.device) -> FilterIndex:
     return FilterIndex.build(add_reciprocals(kg.all_triples(), kg.num_relations).to(device), kg.num_entities)
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a config that must match for a checkpoint to be resumed (epochs may grow)."""
-    out = copy.deepcopy(config)
-    out.pop("track", None)
-    out["train"].pop("epochs", None)
-    out["train"].pop("patience", None)
-    return out
+def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
+    """A checkpoint resumes only the same run: everything but the epoch budget, patience and tracking must match."""
+
+    def comparable(config: dict[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(config)
+        out.pop("track", None)
+        for key in ("epochs", "patience", "threads"):
+            out["train"].pop(key, None)
+        return out
+
+    if comparable(saved) != comparable(cfg.to_dict()):
+        raise DistmapError(f"{where}: holds a run with a different config; "
+                           "set track.run_name to start a new run, or delete the folder")
 
 
-def fit(cfg: Config, log: Callable[[str], None] = print) -> FitResult:
-    """Train ``cfg`` to the end (resuming from the run's checkpoint if one exists), then test."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    kg = KnowledgeGraph.load(cfg.data.path)
-    name = run_name(cfg)
-    run_dir = Path(cfg.track.output_dir) / name
-    ckpt_path = run_dir / CHECKPOINT_NAME
-
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, kg.num_entities, kg.num_relations).to(device)
-    optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
+def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[torch.Tensor, Objective, FilterIndex]:
+    """Training examples (with reciprocals), the objective and the filter: the same for 1 or P workers."""
     examples = add_reciprocals(kg.train, kg.num_relations)
     weights = (frequency_class_weights(examples, kg.num_entities).to(device)
                if cfg.train.class_weights == "frequency" else None)
     objective = Objective(cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights)
-    filter_index = build_filter(kg, device)
+    return examples, objective, build_filter(kg, device)
 
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_state": None, "best_epoch": 0,
-                             "best_mrr": -1.0, "since_best": 0, "mlflow_run_id": None, "done": False}
-    if ckpt_path.exists():
-        saved = load_checkpoint(ckpt_path)
-        if _comparable(saved["config"]) != _comparable(cfg.to_dict()):
-            raise DistmapError(f"{ckpt_path}: holds a run with a different config; "
-                               "set track.run_name to start a new run, or delete the folder")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
+
+@dataclass
+class Progress:
+    """Where a run stands, beyond its tensors: saved in every checkpoint."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_mrr: float = -1.0
+    since_best: int = 0
+    mlflow_run_id: str | None = None
+
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> Progress:
+        return cls(**{f.name: saved[f.name] for f in fields(cls)})
+
+    def finished(self, epochs: int, patience: int) -> bool:
+        return self.epoch >= epochs or bool(patience and self.since_best >= patience)
+
+
+class Engine(Protocol):
+    """What a run needs from its model: one process, or one worker of a sharded group."""
+
+    num_examples: int
+
+    def train_epoch(self, desc: str) -> EpochStats: ...
+
+    def evaluate(self, split: str) -> EvalResult: ...
+
+    def keep_best(self) -> None: ...
+
+    def use_best(self) -> None: ...
+
+    def save(self, progress: Progress) -> None: ...
+
+    def load(self) -> Progress | None: ...
+
+
+class LocalEngine:
+    """The whole model in one process; checkpoints are one file."""
+
+    def __init__(self, cfg: Config, kg: KnowledgeGraph, device: torch.device, checkpoint: Path) -> None:
+        self.cfg, self.kg, self.checkpoint = cfg, kg, checkpoint
+        self.model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed).to(device)
+        self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.examples, self.objective, self.filter_index = training_parts(cfg, kg, device)
+        self.num_examples = self.examples.shape[0]
+        self.best: dict[str, torch.Tensor] | None = None
+
+    def train_epoch(self, desc: str) -> EpochStats:
+        return train_epoch(self.model, self.examples, self.optimizer, self.objective, self.cfg.train.batch_size,
+                           self.generator, desc)
+
+    def evaluate(self, split: str) -> EvalResult:
+        return evaluate_split(self.model, self.kg, split, self.filter_index, self.cfg)
+
+    def keep_best(self) -> None:
+        self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def use_best(self) -> None:
+        self.model.load_state_dict(self.best)
+
+    def save(self, progress: Progress) -> None:
+        save_checkpoint(self.checkpoint, {**asdict(progress), "model": self.model.state_dict(),
+                                          "optimizer": self.optimizer.state_dict(), "best_state": self.best,
+                                          "generator": self.generator.get_state(),
+                                          "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()})
+
+    def load(self) -> Progress | None:
+        if not self.checkpoint.exists():
+            return None
+        saved = load_checkpoint(self.checkpoint)
+        check_resumable(saved["config"], self.cfg, self.checkpoint)
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
-        state.update({k: saved[k] for k in state})
-        t = cfg.train
-        state["done"] = state["epoch"] >= t.epochs or bool(t.patience and state["since_best"] >= t.patience)
-        log(f"resuming {name} from epoch {state['epoch']} ({ckpt_path})")
+        self.best = saved["best_state"]
+        return Progress.from_saved(saved)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-    tracker = Tracker(cfg.track)
-    state["mlflow_run_id"] = tracker.start(name, cfg.flat(), state["mlflow_run_id"])
-    log(f"{name}: {kg.num_entities} entities, {kg.num_relations} relations, {examples.shape[0]} training "
-        f"examples (with reciprocals), {cfg.model.name} rank {cfg.model.rank}, device {device}")
+
+def fit(cfg: Config, log: Callable[[str], None] = print) -> FitResult:
+    """Train ``cfg`` in this process to the end (resuming from the run's checkpoint), then test."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    kg = KnowledgeGraph.load(cfg.data.path)
+    run_dir = Path(cfg.track.output_dir) / run_name(cfg)
+    engine = LocalEngine(cfg, kg, device, run_dir / CHECKPOINT_NAME)
+    log(f"{run_name(cfg)}: {kg.num_entities} entities, {kg.num_relations} relations, {engine.num_examples} "
+        f"training examples (with reciprocals), {cfg.model.name} rank {cfg.model.rank}, device {device}")
+    return run(engine, cfg, log)
+
+
+def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = True) -> FitResult:
+    """Resume, train, select on valid, test; the chief (rank 0) writes outputs and logs to MLflow.
+
+    Every worker calls this with its own engine: evaluation and checkpoints are collective.
+    """
+    name = run_name(cfg)
+    run_dir = Path(cfg.track.output_dir) / name
+    progress = engine.load()
+    if progress is None:
+        progress = Progress()
+    else:
+        log(f"resuming {name} from epoch {progress.epoch}")
+    tracker = Tracker(cfg.track if chief else dataclasses.replace(cfg.track, enabled=False))
+    if chief:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        progress.mlflow_run_id = tracker.start(name, cfg.flat(), progress.mlflow_run_id)
     try:
-        _train(cfg, model, optimizer, objective, examples, generator, kg, filter_index, state, tracker, ckpt_path, log)
-        model.load_state_dict(state["best_state"])
-        valid = evaluate_split(model, kg, "valid", filter_index, cfg)
-        test = evaluate_split(model, kg, "test", filter_index, cfg)
-        tracker.log_metrics({"best_epoch": state["best_epoch"],
-                             **{f"test/{k}": v for k, v in test.flat().items()}})
-        artifacts = _write_outputs(run_dir, cfg, state, valid, test, name)
-        for path in artifacts:
-            tracker.log_artifact(path)
+        train_epochs(engine, cfg, progress, tracker, log)
+        engine.use_best()
+        valid, test = engine.evaluate("valid"), engine.evaluate("test")
+        if chief:
+            tracker.log_metrics({"best_epoch": progress.best_epoch,
+                                 **{f"test/{k}": v for k, v in test.flat().items()}})
+            for path in _write_outputs(run_dir, cfg, progress, valid, test, name):
+                tracker.log_artifact(path)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish()
-    log(f"best epoch {state['best_epoch']} (valid {SELECTION_METRIC} {state['best_mrr']:.4f})\n"
+    log(f"best epoch {progress.best_epoch} (valid {SELECTION_METRIC} {progress.best_mrr:.4f})\n"
         f"test ({cfg.train.tie} ties):\n{test.table()}")
-    return FitResult(run_dir, state["best_epoch"], valid, test, state["history"])
+    return FitResult(run_dir, progress.best_epoch, valid, test, progress.history)
 
 
-def _train(cfg: Config, model: KGEModel, optimizer: torch.optim.Optimizer, objective: Objective,
-           examples: torch.Tensor, generator: torch.Generator, kg: KnowledgeGraph, filter_index: FilterIndex,
-           state: dict[str, Any], tracker: Tracker, ckpt_path: Path, log: Callable[[str], None]) -> None:
-    """Epochs from ``state['epoch']`` on; validates every k epochs, checkpoints after each validation."""
+def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Tracker,
+                 log: Callable[[str], None]) -> None:
+    """Epochs from ``progress.epoch`` on; validates every k epochs and checkpoints after each validation."""
     t = cfg.train
-    while not state["done"] and state["epoch"] < t.epochs:
-        epoch = state["epoch"] + 1
-        stats = train_epoch(model, examples, optimizer, objective, t.batch_size, generator,
-                            desc=f"epoch {epoch}/{t.epochs}")
+    while not progress.finished(t.epochs, t.patience):
+        epoch = progress.epoch + 1
+        stats = engine.train_epoch(f"epoch {epoch}/{t.epochs}")
         record: dict[str, Any] = {"epoch": epoch, "loss": stats.loss, "fit_loss": stats.fit_loss,
-                                  "epoch_seconds": stats.seconds, "examples_per_s": stats.examples_per_second(examples.shape[0])}
-        state["epoch"] = epoch
-        if epoch % t.valid_every == 0 or epoch == t.epochs:
-            valid = evaluate_split(model, kg, "valid", filter_index, cfg)
+                                  "epoch_seconds": stats.seconds,
+                                  "examples_per_s": stats.examples_per_second(engine.num_examples)}
+        progress.epoch = epoch
+        summary = f"epoch {epoch}: loss {stats.loss:.4f}, {record['examples_per_s']:.0f} ex/s"
+        validate = epoch % t.valid_every == 0 or epoch == t.epochs
+        if validate:
+            valid = engine.evaluate("valid")
             mrr = valid.metrics["both"]["mrr"]
             record.update({f"valid/{k}": v for k, v in valid.flat().items()})
-            if mrr > state["best_mrr"]:
-                state.update(best_mrr=mrr, best_epoch=epoch, since_best=0,
-                             best_state={k: v.detach().clone() for k, v in model.state_dict().items()})
+            if mrr > progress.best_mrr:
+                progress.best_mrr, progress.best_epoch, progress.since_best = mrr, epoch, 0
+                engine.keep_best()
             else:
-                state["since_best"] += 1
-            state["done"] = bool(t.patience and state["since_best"] >= t.patience) or epoch == t.epochs
-            log(f"epoch {epoch}: loss {stats.loss:.4f}, {record['examples_per_s']:.0f} ex/s, "
-                f"valid MRR {mrr:.4f} (best {state['best_mrr']:.4f} @ {state['best_epoch']})")
-        else:
-            log(f"epoch {epoch}: loss {stats.loss:.4f}, {record['examples_per_s']:.0f} ex/s")
-            if state["done"] and epoch < t.epochs:
-                log(f"early stop: no valid improvement in {t.patience} validations")
-        state["history"].append(record)
+                progress.since_best += 1
+            summary += f", valid MRR {mrr:.4f} (best {progress.best_mrr:.4f} @ {progress.best_epoch})"
+        log(summary)
+        progress.history.append(record)
         tracker.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        if "valid/both/mrr" in record:
-            save_checkpoint(ckpt_path, {**state, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                                        "config": cfg.to_dict()})
+        if validate:
+            engine.save(progress)
+            if progress.finished(t.epochs, t.patience) and epoch < t.epochs:
+                log(f"early stop: no valid improvement in {t.patience} validations")
 
 
-def _write_outputs(run_dir: Path, cfg: Config, state: dict[str, Any], valid: EvalResult, test: EvalResult,
+def _write_outputs(run_dir: Path, cfg: Config, progress: Progress, valid: EvalResult, test: EvalResult,
                    name: str) -> list[Path]:
     metrics = {"run": name, "dataset": Path(cfg.data.path).name, "model": cfg.model.name,
                "modalities": ["structure", *cfg.data.modalities], "seed": cfg.train.seed,
-               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-               "train_seconds": sum(h["epoch_seconds"] for h in state["history"]), "tie": cfg.train.tie,
+               "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
+               "train_seconds": sum(h["epoch_seconds"] for h in progress.history), "tie": cfg.train.tie,
                "valid": valid.metrics, "test": test.metrics,
                "test_both_by_tie": {tie: test.with_tie(tie).metrics["both"]
                                     for tie in ("optimistic", "realistic", "pessimistic")}}
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-    curve = training_curve(state["history"], run_dir / "training_curve.png", name)
+    curve = training_curve(progress.history, run_dir / "training_curve.png", name)
     return [run_dir / "config.yaml", metrics_path, curve]

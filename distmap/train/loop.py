@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -57,28 +58,52 @@ class EpochStats:
         return n / self.seconds if self.seconds > 0 else float("inf")
 
 
-def train_epoch(model: KGEModel, examples: Tensor, optimizer: torch.optim.Optimizer, objective: Objective,
-                batch_size: int, generator: torch.Generator, desc: str = "train") -> EpochStats:
-    """One pass over ``examples`` (train triples with reciprocals) in a generator-seeded order."""
-    model.train()
-    start = time.perf_counter()
-    order = torch.randperm(examples.shape[0], generator=generator)
-    total = fit_total = 0.0
+StepLoss = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+"""Given the example indices of one step: (loss to backpropagate, total loss to log, cross-entropy to log)."""
+
+
+def local_step(model: KGEModel, examples: Tensor, objective: Objective) -> StepLoss:
+    """The single-process step: score the batch against every entity row of the model."""
     device = model.relations.device
+
+    def loss(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch = examples[index].to(device)
+        scores, factors = model(batch)
+        total, fit = objective(scores, batch[:, 2], factors)
+        return total, total.detach(), fit.detach()
+
+    return loss
+
+
+def run_epoch(step: StepLoss, optimizer: torch.optim.Optimizer, num_examples: int, batch_size: int,
+              generator: torch.Generator, desc: str = "train", sync_grads: Callable[[], None] | None = None,
+              show_progress: bool = True) -> EpochStats:
+    """One pass in a generator-seeded order: every worker draws the same order from the same state."""
+    start = time.perf_counter()
+    order = torch.randperm(num_examples, generator=generator)
+    total = fit_total = 0.0
     # In a log file (no TTY) a bar update every minute is progress enough and keeps the log short.
     interval = 1.0 if sys.stderr.isatty() else 60.0
-    with tqdm(total=examples.shape[0], desc=desc, unit="ex", leave=False, mininterval=interval) as bar:
-        for begin in range(0, examples.shape[0], batch_size):
-            batch = examples[order[begin : begin + batch_size]].to(device)
-            scores, factors = model(batch)
-            loss, fit = objective(scores, batch[:, 2], factors)
+    with tqdm(total=num_examples, desc=desc, unit="ex", leave=False, mininterval=interval,
+              disable=not show_progress) as bar:
+        for begin in range(0, num_examples, batch_size):
+            index = order[begin : begin + batch_size]
+            loss, logged, fit = step(index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if sync_grads is not None:
+                sync_grads()
             optimizer.step()
-            n = batch.shape[0]
-            total += loss.item() * n
-            fit_total += fit.item() * n
-            bar.update(n)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    n = examples.shape[0]
-    return EpochStats(total / n, fit_total / n, time.perf_counter() - start)
+            total += logged.item() * len(index)
+            fit_total += fit.item() * len(index)
+            bar.update(len(index))
+            bar.set_postfix(loss=f"{logged.item():.4f}")
+    return EpochStats(total / num_examples, fit_total / num_examples, time.perf_counter() - start)
+
+
+def train_epoch(model: KGEModel, examples: Tensor, optimizer: torch.optim.Optimizer, objective: Objective,
+                batch_size: int, generator: torch.Generator, desc: str = "train") -> EpochStats:
+    """One single-process pass over ``examples`` (train triples with reciprocals)."""
+    model.train()
+    return run_epoch(local_step(model, examples, objective), optimizer, examples.shape[0], batch_size,
+                     generator, desc)

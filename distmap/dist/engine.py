@@ -1,0 +1,164 @@
+"""One worker of a row-sharded run: the ``Engine`` that ``distmap.train.fit.run`` drives.
+
+Worker p of P holds entity rows [lo, hi) and their optimizer state; relations are replicated.
+Checkpoints are written as per-range row files plus ``common.pt`` (``shard_checkpoint``) into
+a fresh folder that ``publish`` hands on (Ray Train's ``report``, or a copy into a shared
+folder), so a run restores on any number of workers.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distmap.config import Config
+from distmap.data.kg import KnowledgeGraph
+from distmap.dist.collectives import barrier, world
+from distmap.dist.partition import row_ranges
+from distmap.dist.shard_checkpoint import (
+    COMMON,
+    entity_scalars,
+    entity_state,
+    load_rows,
+    restore_entity_state,
+    save_rows,
+)
+from distmap.dist.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.models.zoo import build_model
+from distmap.train.checkpoint import load_checkpoint, save_checkpoint
+from distmap.train.evaluate import EvalResult
+from distmap.train.fit import Progress, check_resumable, make_optimizer, training_parts
+from distmap.train.loop import EpochStats, StepLoss, run_epoch
+
+Publish = Callable[[Path, dict[str, Any]], None]
+
+
+class ShardedEngine:
+    """This worker's rows of the model, its optimizer state, and the collective train/eval steps."""
+
+    def __init__(self, cfg: Config, kg: KnowledgeGraph, device: torch.device, restore_from: Path | None,
+                 publish: Publish, fault_marker: Path | None = None) -> None:
+        self.cfg, self.kg, self.restore_from, self.publish = cfg, kg, restore_from, publish
+        self.rank, size = world()
+        at = cfg.scale.fail_at_step
+        self.fault = FailOnce(at, fault_marker) if at and fault_marker and self.rank == size - 1 else None
+        self.lo, self.hi = row_ranges(kg.num_entities, size)[self.rank]
+        self.model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed,
+                                 entity_range=(self.lo, self.hi)).to(device)
+        self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.examples, self.objective, self.filter_index = training_parts(cfg, kg, device)
+        self.num_examples = self.examples.shape[0]
+        self.best_rows = self.model.entities.weight.detach().clone()
+        self.best_relations = self.model.relations.detach().clone()
+        self.rows_read: list[Path] = []
+
+    def train_epoch(self, desc: str) -> EpochStats:
+        self.model.train()
+        step = sharded_step(self.model, self.examples, self.objective)
+        if self.fault is not None:
+            step = self.fault.wrap(step)
+        return run_epoch(step, self.optimizer, self.num_examples, self.cfg.train.batch_size, self.generator, desc,
+                         sync_grads=sync_replicated_grads(self.model), show_progress=self.rank == 0)
+
+    def evaluate(self, split: str) -> EvalResult:
+        return evaluate_sharded(self.model, self.kg.splits[split], num_relations=self.kg.num_relations,
+                                filter_index=self.filter_index, tie=self.cfg.train.tie,
+                                batch_size=self.cfg.train.eval_batch_size)
+
+    def keep_best(self) -> None:
+        self.best_rows = self.model.entities.weight.detach().clone()
+        self.best_relations = self.model.relations.detach().clone()
+
+    def use_best(self) -> None:
+        with torch.no_grad():
+            self.model.entities.weight.copy_(self.best_rows)
+            self.model.relations.copy_(self.best_relations)
+
+    def save(self, progress: Progress) -> None:
+        weight = self.model.entities.weight
+        with tempfile.TemporaryDirectory(prefix="distmap-ckpt-") as tmp:
+            folder = Path(tmp)
+            save_rows(folder, self.lo, self.hi, {"weight": weight.detach(), "best": self.best_rows,
+                                                 **entity_state(self.optimizer, weight)})
+            if self.rank == 0:
+                relations = self.model.relations
+                save_checkpoint(folder / COMMON, {
+                    **asdict(progress), "relations": relations.detach().cpu(),
+                    "best_relations": self.best_relations.cpu(),
+                    "relation_state": dict(self.optimizer.state[relations]),
+                    "entity_scalars": entity_scalars(self.optimizer, weight),
+                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                    "config": self.cfg.to_dict(), "num_entities": self.kg.num_entities})
+            self.publish(folder, {"epoch": progress.epoch, "best_mrr": progress.best_mrr})
+
+    def load(self) -> Progress | None:
+        if self.restore_from is None:
+            return None
+        common = load_checkpoint(self.restore_from / COMMON)
+        check_resumable(common["config"], self.cfg, self.restore_from)
+        rows, self.rows_read = load_rows(self.restore_from, self.lo, self.hi)
+        device = self.model.relations.device
+        with torch.no_grad():
+            self.model.entities.weight.copy_(rows["weight"])
+            self.model.relations.copy_(common["relations"])
+        self.best_rows = rows["best"].to(device)
+        self.best_relations = common["best_relations"].to(device)
+        restore_entity_state(self.optimizer, self.model.entities.weight, rows, common["entity_scalars"])
+        self.optimizer.state[self.model.relations] = {k: v.to(device) if torch.is_tensor(v) else v
+                                                     for k, v in common["relation_state"].items()}
+        self.generator.set_state(common["generator"])
+        torch.set_rng_state(common["torch_rng"])
+        return Progress.from_saved(common)
+
+
+class FailOnce:
+    """Fault injection: kill this worker process at its ``at``-th step (counted over epochs),
+    once per marker file, so the restarted run goes through."""
+
+    def __init__(self, at: int, marker: Path) -> None:
+        self.at, self.marker, self.steps = at, marker, 0
+
+    def wrap(self, step: StepLoss) -> StepLoss:
+        def wrapped(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            self.steps += 1
+            if self.steps == self.at and not self.marker.exists():
+                self.marker.parent.mkdir(parents=True, exist_ok=True)
+                self.marker.touch()
+                os._exit(1)
+            return step(index)
+
+        return wrapped
+
+
+def epoch_folder(root: Path, epoch: int) -> Path:
+    return root / f"epoch-{epoch:06d}"
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete ``epoch-*`` folder under ``root`` (one with ``common.pt``), if any."""
+    done = sorted(p for p in root.glob("epoch-*") if (p / COMMON).exists()) if root.is_dir() else []
+    return done[-1] if done else None
+
+
+def move_into(root: Path) -> Publish:
+    """A ``publish`` for a shared filesystem without Ray: every worker moves its files into
+    ``root/epoch-<n>``, one folder per checkpoint so runs with different worker counts never mix."""
+
+    def publish(files: Path, metrics: dict[str, Any]) -> None:
+        target = epoch_folder(root, metrics["epoch"])
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files.glob("rows-*.pt"):
+            shutil.move(path, target / path.name)
+        barrier()  # common.pt marks the folder complete: only after every worker's rows are in
+        if (files / COMMON).exists():
+            shutil.move(files / COMMON, target / COMMON)
+
+    return publish

@@ -1,0 +1,98 @@
+"""Checkpoints of a row-sharded model that restore on any number of workers.
+
+Each worker writes one file for its rows, named by the row range it holds
+(``rows-<lo>-<hi>.pt``): entity rows, the optimizer state of those rows, and (in the same
+file) anything row-shaped it tracks, e.g. the best-on-valid rows. Worker 0 also writes
+``common.pt``: relations, their optimizer state, epoch, RNG state, history. A worker
+restoring rows [lo, hi) with P' workers reads only the files whose ranges overlap its own and
+cuts its rows out of them. Files are plain tensors + containers, read with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from distmap.errors import DataError
+from distmap.train.checkpoint import load_checkpoint
+
+COMMON = "common.pt"
+_ROWS = re.compile(r"rows-(\d+)-(\d+)\.pt$")
+
+
+def rows_file(lo: int, hi: int) -> str:
+    return f"rows-{lo:012d}-{hi:012d}.pt"
+
+
+def row_files(folder: Path) -> list[tuple[int, int, Path]]:
+    """(lo, hi, path) of every rows file, sorted by lo."""
+    found = []
+    for path in folder.iterdir():
+        match = _ROWS.search(path.name)
+        if match:
+            found.append((int(match[1]), int(match[2]), path))
+    return sorted(found)
+
+
+def save_rows(folder: Path, lo: int, hi: int, tensors: dict[str, Tensor]) -> Path:
+    """Write this worker's row-shaped tensors (each with hi - lo rows), atomically."""
+    for name, tensor in tensors.items():
+        if tensor.shape[0] != hi - lo:
+            raise ValueError(f"{name}: {tensor.shape[0]} rows, expected {hi - lo} for rows [{lo}, {hi})")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / rows_file(lo, hi)
+    tmp = path.with_suffix(".tmp")
+    torch.save({name: t.detach().cpu() for name, t in tensors.items()}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_rows(folder: Path, lo: int, hi: int) -> tuple[dict[str, Tensor], list[Path]]:
+    """Rows [lo, hi) of every saved row-shaped tensor, cut from the overlapping files.
+
+    Returns the tensors and the files read (only those overlapping [lo, hi)).
+    """
+    files = row_files(folder)
+    if not files:
+        raise DataError(folder, "no rows-*.pt files: not a sharded checkpoint")
+    covered = [0]
+    for a, b, path in files:
+        if a != covered[-1]:
+            raise DataError(path, f"rows files leave a gap or overlap at row {covered[-1]} (this file starts at {a})")
+        covered.append(b)
+    if hi > covered[-1]:
+        raise DataError(folder, f"rows files cover [0, {covered[-1]}), asked for rows up to {hi}")
+    pieces: dict[str, list[Tensor]] = {}
+    read = []
+    for a, b, path in files:
+        if b <= lo or a >= hi or a == b:
+            continue
+        saved = load_checkpoint(path)
+        read.append(path)
+        for name, tensor in saved.items():
+            pieces.setdefault(name, []).append(tensor[max(lo, a) - a : min(hi, b) - a])
+    return {name: torch.cat(parts) for name, parts in pieces.items()}, read
+
+
+def entity_state(optimizer: torch.optim.Optimizer, weight: Tensor) -> dict[str, Tensor]:
+    """The optimizer's per-row state tensors of the entity table (Adagrad ``sum``, Adam moments)."""
+    return {f"opt.{k}": v for k, v in optimizer.state[weight].items() if torch.is_tensor(v) and v.shape == weight.shape}
+
+
+def restore_entity_state(optimizer: torch.optim.Optimizer, weight: Tensor, rows: dict[str, Tensor],
+                         scalars: dict[str, Any]) -> None:
+    """Put per-row state back for this worker's rows, plus the shared scalars (e.g. Adam's step)."""
+    state = {k.removeprefix("opt."): v.to(weight.device) for k, v in rows.items() if k.startswith("opt.")}
+    state.update({k: v.clone() if torch.is_tensor(v) else v for k, v in scalars.items()})
+    optimizer.state[weight] = state
+
+
+def entity_scalars(optimizer: torch.optim.Optimizer, weight: Tensor) -> dict[str, Any]:
+    """The non-row state of the entity table's optimizer (equal on every worker: the step count)."""
+    return {k: v for k, v in optimizer.state[weight].items() if not (torch.is_tensor(v) and v.shape == weight.shape)}

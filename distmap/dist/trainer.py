@@ -1,0 +1,102 @@
+"""Ray Train wiring: a ``TorchTrainer`` whose workers each run ``distmap.train.fit.run`` over a
+``ShardedEngine`` (gloo on CPU, NCCL on GPU, same code).
+
+Each worker's checkpoint files go through ``ray.train.report``; Ray merges them into one
+checkpoint folder and, after a worker failure (``FailureConfig``), restarts the group and hands
+it back through ``ray.train.get_checkpoint()``, with any number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distmap.config import Config, config_from_dict
+from distmap.data.kg import KnowledgeGraph
+from distmap.dist.engine import ShardedEngine
+from distmap.dist.loopback import LoopbackTorchConfig, set_loopback_env
+from distmap.errors import DistmapError
+from distmap.train.fit import run, run_name
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """Workers run in their own folders: hand them absolute data, output and tracking paths."""
+    uri = cfg.track.tracking_uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute())),
+        track=dataclasses.replace(cfg.track, output_dir=str(Path(cfg.track.output_dir).absolute()),
+                                  tracking_uri=uri),
+    )
+
+
+def _publish(folder: Path, metrics: dict[str, Any]) -> None:
+    import ray.train
+
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+
+
+def _worker_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker; the process group is already initialised."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = config_from_dict(config, "config sent to the Ray workers")
+    torch.set_num_threads(cfg.train.threads or cfg.scale.cpus_per_worker)
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device() if cfg.scale.use_gpu else torch.device("cpu")
+    kg = KnowledgeGraph.load(cfg.data.path)
+    checkpoint = ray.train.get_checkpoint()
+    marker = Path(cfg.track.output_dir) / run_name(cfg) / "fault-injected"
+    log: Callable[[str], None] = print if rank == 0 else (lambda _: None)
+    with checkpoint.as_directory() if checkpoint else nullcontext(None) as restore:
+        engine = ShardedEngine(cfg, kg, device, Path(restore) if restore else None, _publish, marker)
+        run(engine, cfg, log, chief=rank == 0)
+
+
+def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` on ``cfg.scale.workers`` Ray Train workers; returns the run's metrics summary."""
+    cfg = absolute_paths(cfg)
+    local = cfg.scale.address == "local"
+    if local:
+        set_loopback_env()
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    output = Path(cfg.track.output_dir)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=cfg.scale.address,
+                 **({"num_cpus": cfg.scale.workers * cfg.scale.cpus_per_worker,
+                     "_temp_dir": str(output / ".ray"), "include_dashboard": True,
+                     "dashboard_host": "127.0.0.1"} if local else {}))
+    name = run_name(cfg)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config=cfg.to_dict(),
+        torch_config=LoopbackTorchConfig() if local else TorchConfig(),
+        scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.use_gpu,
+                                     resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+        run_config=RunConfig(name=name, storage_path=str(output / "ray_results"),
+                             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    try:
+        trainer.fit()
+    except Exception as err:  # Ray wraps worker errors; the message says which worker and why
+        raise DistmapError(f"distributed run {name} failed: {err}") from err
+    finally:
+        if started:
+            ray.shutdown()
+    summary = json.loads((output / name / "metrics.json").read_text(encoding="utf-8"))
+    log(f"{name}: test MRR {summary['test']['both']['mrr']:.4f} on {cfg.scale.workers} workers")
+    return summary
