@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,14 +14,17 @@ import torch.multiprocessing as mp
 
 from distmap.config import Config, config_from_dict
 from distmap.data.kg import KnowledgeGraph
+from distmap.data.prepare import prepare_dataset
+from distmap.data.shards import write_feature_shards
 from distmap.dist.engine import ShardedEngine, latest_checkpoint, move_into
 from distmap.train.fit import run
+from tests.conftest import ring_graph, write_triples
 from tests.test_dist import flat, free_port
 
 
 def make_config(dataset: Path, out: Path, epochs: int) -> Config:
     return config_from_dict({
-        "data": {"path": str(dataset)},
+        "data": {"path": str(dataset), "modalities": ["visual"]},
         "model": {"name": "complex", "rank": 8, "init_scale": 0.1},
         "train": {"epochs": epochs, "batch_size": 40, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2},
         "track": {"enabled": False, "output_dir": str(out / "runs")},
@@ -32,8 +36,10 @@ def sharded_run(cfg: Config, ckpt_root: Path, restore: bool, result_file: Path) 
                            latest_checkpoint(ckpt_root) if restore else None, move_into(ckpt_root))
     result = run(engine, cfg, log=lambda _: None, chief=engine.rank == 0)
     if engine.rank == 0:
+        block = engine.features["visual"]
         torch.save({"metrics": result.test.metrics, "history": result.history,
-                    "rows_read": [p.name for p in engine.rows_read]}, result_file)
+                    "rows_read": [p.name for p in engine.rows_read], "feature_parts": block.parts_read,
+                    "features": torch.from_numpy(block.values)}, result_file)
 
 
 def _worker(rank: int, size: int, port: int, cfg: Config, ckpt_root: Path, restore: bool, out: Path) -> None:
@@ -53,7 +59,19 @@ def launch(size: int, cfg: Config, ckpt_root: Path, restore: bool, out: Path) ->
     return torch.load(out, weights_only=False)
 
 
-def test_checkpoint_resumes_on_any_worker_count(ring_dataset: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def dataset_with_features(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """The ring graph with a synthetic 'visual' modality stored in parts of 4 rows."""
+    raw = write_triples(tmp_path / "raw", ring_graph())
+    prepare_dataset(raw, tmp_path / "dataset", log=lambda _: None)
+    values = np.random.default_rng(0).normal(size=(30, 5)).astype(np.float32)
+    write_feature_shards(tmp_path / "dataset", "visual", values, np.ones(30, bool), rows_per_part=4, source="test")
+    return tmp_path / "dataset", values
+
+
+def test_checkpoint_resumes_on_any_worker_count(dataset_with_features: tuple[Path, np.ndarray],
+                                                tmp_path: Path) -> None:
+    ring_dataset, features = dataset_with_features
     straight = launch(2, make_config(ring_dataset, tmp_path / "a", 6), tmp_path / "a" / "ckpt", False,
                       tmp_path / "a.pt")
     single = launch(1, make_config(ring_dataset, tmp_path / "b", 6), tmp_path / "b" / "ckpt", False,
@@ -70,5 +88,8 @@ def test_checkpoint_resumes_on_any_worker_count(ring_dataset: Path, tmp_path: Pa
         assert [h["epoch"] for h in resumed["history"]] == list(range(1, 7))
         assert resumed["history"][4]["loss"] == pytest.approx(straight["history"][4]["loss"], abs=1e-5)
         assert flat(resumed["metrics"]) == pytest.approx(flat(straight["metrics"]), abs=1e-4)
-    # rank 0 of 3 owns rows [0, 10) of 30: it reads only the file of the 2-worker range [0, 15)
+    # rank 0 of 3 owns rows [0, 10) of 30: it reads only the file of the 2-worker range [0, 15),
+    # and of the feature parts of 4 rows only those overlapping [0, 10)
     assert resumed["rows_read"] == ["rows-000000000000-000000000015.pt"]
+    assert resumed["feature_parts"] == ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet")
+    assert torch.equal(resumed["features"], torch.from_numpy(features[:10]))

@@ -20,6 +20,7 @@ import torch
 
 from distmap.config import Config
 from distmap.data.kg import KnowledgeGraph
+from distmap.data.shards import FeatureShards
 from distmap.dist.collectives import barrier, world
 from distmap.dist.partition import row_ranges
 from distmap.dist.shard_checkpoint import (
@@ -59,6 +60,8 @@ class ShardedEngine:
         self.best_rows = self.model.entities.weight.detach().clone()
         self.best_relations = self.model.relations.detach().clone()
         self.rows_read: list[Path] = []
+        # Each worker reads only the Parquet parts overlapping its rows (FeatureBlock.parts_read says which).
+        self.features = {m: FeatureShards(kg.root, m).read(self.lo, self.hi) for m in cfg.data.modalities}
 
     def train_epoch(self, desc: str) -> EpochStats:
         self.model.train()

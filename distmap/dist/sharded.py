@@ -30,7 +30,14 @@ from distmap.dist.collectives import (
 )
 from distmap.dist.parallel_ce import vocab_parallel_cross_entropy
 from distmap.models.model import EntityTable, KGEModel
-from distmap.train.evaluate import EvalResult, FilterIndex, RankCounts, TieBreak, both_directions, count_chunk
+from distmap.train.evaluate import (
+    EvalResult,
+    FilterIndex,
+    RankCounts,
+    TieBreak,
+    both_directions,
+    count_chunk,
+)
 from distmap.train.loop import Objective, StepLoss
 
 
