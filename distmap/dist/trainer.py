@@ -80,10 +80,13 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
                      "_temp_dir": str(output / ".ray"), "include_dashboard": True,
                      "dashboard_host": "127.0.0.1"} if local else {}))
     name = run_name(cfg)
+    # A cluster whose node address is loopback (a private local Ray, or a head started on 127.0.0.1)
+    # keeps the rendezvous there too; a real cluster needs the stock config.
+    loopback = ray.util.get_node_ip_address().startswith("127.")
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config=cfg.to_dict(),
-        torch_config=LoopbackTorchConfig() if local else TorchConfig(),
+        torch_config=LoopbackTorchConfig() if loopback else TorchConfig(),
         scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.use_gpu,
                                      resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
         run_config=RunConfig(name=name, storage_path=str(output / "ray_results"),
