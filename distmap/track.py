@@ -41,6 +41,15 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def _unfinished_run(mlflow: Any, experiment_id: str, run_name: str) -> str | None:
+    """A run of this name left RUNNING by a killed process (before it saved a checkpoint holding
+    its id): continue it rather than leave a run that never ends beside a new one."""
+    runs = mlflow.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}' "
+                              "and attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"],
+                              max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
 class Tracker:
     """Logs params, per-epoch metrics and artifacts of one run to MLflow."""
 
@@ -62,10 +71,11 @@ class Tracker:
             experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
             experiment_id = (experiment.experiment_id if experiment else
                              mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri)))
-            run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name,
+            resumed = run_id or _unfinished_run(mlflow, experiment_id, run_name)
+            run = mlflow.start_run(run_id=resumed, run_name=None if resumed else run_name,
                                    experiment_id=experiment_id)
         self.run_id = run.info.run_id
-        if run_id is None:
+        if resumed is None:
             mlflow.log_params(params)
         return self.run_id
 

@@ -83,9 +83,13 @@ def test_job_submit_trains_on_two_workers(ring_dataset: Path, head: tuple[str, i
                   "run_name": "job"},
         "scale": {"workers": 2, "address": "auto"},
     }))
-    submit = subprocess.run([RAY, "job", "submit", "--address", address, "--",
-                             sys.executable, str(REPO / "jobs" / "train.py"), str(config)],
-                            capture_output=True, text=True, timeout=300)
+    command = [RAY, "job", "submit", "--address", address, "--", sys.executable, str(REPO / "jobs" / "train.py"),
+               str(config)]
+    for _ in range(20):  # the head's job agent can take a while to come up on a loaded machine
+        submit = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(3)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout + submit.stderr
     summary = json.loads((temp / "runs" / "job" / "metrics.json").read_text())

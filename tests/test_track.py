@@ -6,6 +6,9 @@ from pathlib import Path
 
 import mlflow
 
+from distmap.config import TrackConfig
+from distmap.track import Tracker
+
 SCRIPT = """
 import sys
 from distmap.config import TrackConfig
@@ -28,3 +31,26 @@ def test_concurrent_runs_on_a_fresh_store(tmp_path: Path) -> None:
     assert all(r.data.metrics["hits_at_1"] == 0.5 for r in runs)
     experiment = client.get_experiment_by_name("race")
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+KILLED = """
+import os, sys
+from distmap.config import TrackConfig
+from distmap.track import Tracker
+tracker = Tracker(TrackConfig(tracking_uri=f"sqlite:///{sys.argv[1]}/mlflow.db", experiment="resume"))
+print(tracker.start("job", {"a": 1}))
+sys.stdout.flush()
+os._exit(1)
+"""
+
+
+def test_a_run_left_running_by_a_killed_process_is_continued(tmp_path: Path) -> None:
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], capture_output=True, text=True)
+    run_id = killed.stdout.strip()
+    cfg = TrackConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="resume")
+    again = Tracker(cfg)
+    assert again.start("job", {"a": 1}) == run_id
+    again.finish()
+    fresh = Tracker(cfg)
+    assert fresh.start("job", {"a": 1}) != run_id  # a finished run is never reopened
+    fresh.finish()

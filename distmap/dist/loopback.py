@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,8 +34,16 @@ _KEEP: dict[str, Any] = {}  # rank 0's listening socket and store must outlive t
 
 
 def set_loopback_env() -> None:
-    """Must run before Ray starts: the raylet and the workers inherit these variables."""
+    """Before Ray starts: the processes it launches inherit these variables.
+
+    Ray reads ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` once, when ``ray`` is imported, into
+    ``ray_constants.ENABLE_RAY_CLUSTER``; the driver (already importing ray) picks its node
+    address from that constant, so it is set to match.
+    """
     os.environ.update(LOOPBACK_ENV)
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def _free_port(address: str) -> int:

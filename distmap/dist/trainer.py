@@ -80,21 +80,25 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
                      "_temp_dir": str(output / ".ray"), "include_dashboard": True,
                      "dashboard_host": "127.0.0.1"} if local else {}))
     name = run_name(cfg)
-    # A cluster whose node address is loopback (a private local Ray, or a head started on 127.0.0.1)
-    # keeps the rendezvous there too; a real cluster needs the stock config.
-    loopback = ray.util.get_node_ip_address().startswith("127.")
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config=cfg.to_dict(),
-        torch_config=LoopbackTorchConfig() if loopback else TorchConfig(),
-        scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.use_gpu,
-                                     resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
-        run_config=RunConfig(name=name, storage_path=str(output / "ray_results"),
-                             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
     try:
+        # A cluster whose node address is loopback (a private local Ray, or a head started on
+        # 127.0.0.1) keeps the rendezvous there too; a real cluster needs the stock config.
+        node = ray.util.get_node_ip_address()
+        if local and not node.startswith("127."):
+            raise DistmapError(f"the local Ray bound to {node}, not 127.0.0.1")
+        trainer = TorchTrainer(
+            _worker_loop,
+            train_loop_config=cfg.to_dict(),
+            torch_config=LoopbackTorchConfig() if node.startswith("127.") else TorchConfig(),
+            scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.use_gpu,
+                                         resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
+            run_config=RunConfig(name=name, storage_path=str(output / "ray_results"),
+                                 failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
         trainer.fit()
+    except DistmapError:
+        raise
     except Exception as err:  # Ray wraps worker errors; the message says which worker and why
         raise DistmapError(f"distributed run {name} failed: {err}") from err
     finally:
