@@ -97,7 +97,7 @@ def run_epoch(step: StepLoss, optimizer: torch.optim.Optimizer, num_examples: in
             total += logged.item() * len(index)
             fit_total += fit.item() * len(index)
             bar.update(len(index))
-            bar.set_postfix(loss=f"{logged.item():.4f}")
+            bar.set_postfix(loss=f"{logged.item():.4f}", refresh=False)
     return EpochStats(total / num_examples, fit_total / num_examples, time.perf_counter() - start)
 
 
