@@ -22,10 +22,9 @@ from distmap.dist.collectives import all_reduce_
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, scores: Tensor, targets: Tensor, lo: int, weight: Tensor | None,
+    def forward(ctx: Any, scores: Tensor, targets: Tensor, lo: int, num_classes: int, weight: Tensor | None,
                 smoothing: float) -> Tensor:
         num_queries, local = scores.shape
-        num_classes = int(all_reduce_(torch.tensor(local, device=scores.device)))
         row_max = all_reduce_(scores.detach().max(dim=1).values, dist.ReduceOp.MAX)
         shifted = scores - row_max[:, None]
         exp = shifted.exp()
@@ -42,15 +41,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         w_target = weight[targets] if weight is not None else torch.ones_like(nll)
         denominator = w_target.sum()
         loss = ((1 - smoothing) * w_target * nll).sum()
+        w_sum = weight.sum() if weight is not None else float(num_classes)
         if smoothing:
-            w_sum = weight.sum() if weight is not None else torch.tensor(float(num_classes), device=scores.device)
             weighted_scores = shifted @ w_local if w_local is not None else shifted.sum(dim=1)
             smooth = (w_sum * lse - all_reduce_(weighted_scores)) / num_classes
             loss = loss + smoothing * smooth.sum()
 
         ctx.save_for_backward(exp / sum_exp[:, None], targets, w_target, w_local)
         ctx.lo, ctx.smoothing, ctx.num_classes, ctx.denominator = lo, smoothing, num_classes, denominator
-        ctx.w_sum = weight.sum() if weight is not None else float(num_classes)
+        ctx.w_sum = w_sum
         return loss / denominator
 
     @staticmethod
@@ -65,15 +64,15 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         if ctx.smoothing:
             w = w_local if w_local is not None else torch.ones(local, device=probs.device)
             g = g + ctx.smoothing / ctx.num_classes * (ctx.w_sum * probs - w[None, :])
-        return g * (grad / ctx.denominator), None, None, None, None
+        return g * (grad / ctx.denominator), None, None, None, None, None
 
 
-def vocab_parallel_cross_entropy(scores: Tensor, targets: Tensor, lo: int, weight: Tensor | None = None,
-                                 label_smoothing: float = 0.0) -> Tensor:
+def vocab_parallel_cross_entropy(scores: Tensor, targets: Tensor, lo: int, num_classes: int,
+                                 weight: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy of ``targets`` (global entity ids) given this worker's score block.
 
-    ``scores`` is (queries, local entities) for the rows [lo, lo + local); every worker passes
-    the same queries and targets and gets the same loss. ``weight`` is the full (N,) class
+    ``scores`` is (queries, local entities) for the rows [lo, lo + local) of ``num_classes``
+    entities; every worker passes the same queries and targets and gets the same loss. ``weight`` is the full (N,) class
     weight vector (replicated: N floats), as in ``F.cross_entropy``.
     """
-    return _VocabParallelCrossEntropy.apply(scores, targets, lo, weight, label_smoothing)
+    return _VocabParallelCrossEntropy.apply(scores, targets, lo, num_classes, weight, label_smoothing)

@@ -41,9 +41,12 @@ from distmap.train.evaluate import (
 from distmap.train.loop import Objective, StepLoss
 
 
-def gather_entity_rows(table: EntityTable, ids: Tensor) -> Tensor:
-    """Rows of global ``ids`` from whichever worker owns them; gradients flow back to the owner."""
-    sizes = gather_sizes(len(ids), ids.device)
+def gather_entity_rows(table: EntityTable, ids: Tensor, sizes: list[int] | None = None) -> Tensor:
+    """Rows of global ``ids`` from whichever worker owns them; gradients flow back to the owner.
+
+    ``sizes``: every worker's number of ids, when the caller knows it (saves a collective).
+    """
+    sizes = sizes or gather_sizes(len(ids), ids.device)
     if len(sizes) == 1:
         return table.rows(ids)
     all_ids = all_gather_rows(ids, sizes)
@@ -63,13 +66,13 @@ def sharded_step(model: KGEModel, examples: Tensor, objective: Objective) -> Ste
         batch = examples[index.tensor_split(size)[rank]].to(device)
         h, r, t = batch.unbind(1)
         sizes = gather_sizes(len(batch), device)
-        h_emb, t_emb = gather_entity_rows(model.entities, torch.cat([h, t])).tensor_split(2)
+        h_emb, t_emb = gather_entity_rows(model.entities, torch.cat([h, t]), [2 * n for n in sizes]).tensor_split(2)
         r_emb = model.relations[r]
         queries = all_gather_with_grad(model.interaction.query(h_emb, r_emb), sizes)
         targets = all_gather_rows(t, sizes)
         scores = model.interaction.score(queries, model.entities.weight)
-        fit = vocab_parallel_cross_entropy(scores, targets, model.entities.lo, objective.class_weight,
-                                           objective.label_smoothing)
+        fit = vocab_parallel_cross_entropy(scores, targets, model.entities.lo, model.num_entities,
+                                           objective.class_weight, objective.label_smoothing)
         penalty = objective.penalty(model.interaction.factors(h_emb, r_emb, t_emb), sum(sizes))
         logged = fit.detach() + all_reduce_(penalty.detach().clone())
         return fit + penalty, logged, fit.detach()
