@@ -16,22 +16,26 @@ from typing import Any
 from distmap.config import TrackConfig
 
 
+def sqlite_path(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` tracking URI, or None for other stores."""
+    return Path(tracking_uri.removeprefix("sqlite:///")) if tracking_uri.startswith("sqlite:///") else None
+
+
 def _artifact_root(tracking_uri: str) -> str | None:
     """``sqlite:///x/mlflow.db`` -> ``file:///abs/x/mlartifacts``: artifacts stay beside the store."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
-    return (db.parent.absolute() / "mlartifacts").as_uri()
+    db = sqlite_path(tracking_uri)
+    return None if db is None else (db.parent.absolute() / "mlartifacts").as_uri()
 
 
 @contextmanager
 def _store_lock(tracking_uri: str) -> Iterator[None]:
     """Serialise opening a SQLite store: two runs creating a fresh ``mlflow.db`` at once race in
     MLflow's schema migration ("duplicate column name")."""
-    if not tracking_uri.startswith("sqlite:///"):
+    db = sqlite_path(tracking_uri)
+    if db is None:
         yield
         return
-    lock_path = Path(tracking_uri.removeprefix("sqlite:///") + ".lock")
+    lock_path = db.with_name(db.name + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -22,14 +22,14 @@ from distmap.data.kg import KnowledgeGraph
 from distmap.dist.engine import ShardedEngine
 from distmap.dist.loopback import LoopbackTorchConfig, set_loopback_env
 from distmap.errors import DistmapError
+from distmap.track import sqlite_path
 from distmap.train.fit import run, run_name
 
 
 def absolute_paths(cfg: Config) -> Config:
     """Workers run in their own folders: hand them absolute data, output and tracking paths."""
-    uri = cfg.track.tracking_uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).absolute())
+    db = sqlite_path(cfg.track.tracking_uri)
+    uri = f"sqlite:///{db.absolute()}" if db is not None else cfg.track.tracking_uri
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute())),
