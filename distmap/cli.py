@@ -49,20 +49,17 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from distmap.config import load_config
     from distmap.data.kg import KnowledgeGraph
-    from distmap.models.zoo import build_model
-    from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from distmap.restore import load_best_model
     from distmap.train.fit import build_filter, evaluate_split, resolve_device
 
     run_dir = Path(args.run_dir)
     overrides = [*args.set, *([f"train.tie={args.tie}"] if args.tie else [])]
     cfg = load_config(run_dir / "config.yaml", overrides)
-    saved = load_checkpoint(run_dir / CHECKPOINT_NAME)
     device = resolve_device(cfg.train.device)
     kg = KnowledgeGraph.load(cfg.data.path)
-    model = build_model(cfg.model, kg.num_entities, kg.num_relations).to(device)
-    model.load_state_dict(saved["best_state"])
+    model, best_epoch = load_best_model(run_dir, cfg, kg, device)
     result = evaluate_split(model, kg, args.split, build_filter(kg, device), cfg, progress=True)
-    print(f"{run_dir.name}, {args.split} split, model from epoch {saved['best_epoch']}:\n{result.table()}")
+    print(f"{run_dir.name}, {args.split} split, model from epoch {best_epoch}:\n{result.table()}")
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from distmap.cli import main
 from distmap.config import Config, config_from_dict
 from distmap.dist.trainer import fit_distributed
 from distmap.train.fit import fit
@@ -36,7 +37,8 @@ def short_dir() -> Path:
 
 
 def test_two_ray_workers_match_the_plain_loop_through_a_crash(ring_dataset: Path, short_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     plain = fit(make_config(ring_dataset, short_dir), log=lambda _: None)
     cfg = make_config(ring_dataset, short_dir, workers=2, max_failures=1, fail_at_step=14)
@@ -44,6 +46,12 @@ def test_two_ray_workers_match_the_plain_loop_through_a_crash(ring_dataset: Path
     assert (short_dir / "runs" / "ray" / "fault-injected").exists(), "the injected failure did not happen"
     assert flat(summary["test"]) == pytest.approx(flat(plain.test.metrics), abs=1e-4)
     assert summary["epochs_run"] == 6
+
+    # `distmap evaluate` reassembles the best rows from the sharded Ray checkpoint in one process.
+    capsys.readouterr()
+    assert main(["evaluate", str(short_dir / "runs" / "ray")]) == 0
+    both = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("both"))
+    assert float(both.split()[1]) == pytest.approx(summary["test"]["both"]["mrr"], abs=1e-4)
 
     client = mlflow.MlflowClient(tracking_uri=cfg.track.tracking_uri)
     found = client.search_runs([client.get_experiment_by_name("ray").experiment_id])

@@ -1,0 +1,275 @@
+"""Row-sharded 1-vs-all training at growing entity counts: what each worker holds, what it costs.
+
+For each synthetic graph size N and worker count P, P fresh processes (gloo on 127.0.0.1 when
+P > 1) build their rows [lo, hi) of a rank-``--rank`` table, take one warm-up step, then time
+``--steps`` steps of the real training step (``local_step`` for P = 1, ``sharded_step`` for
+P > 1) under ``run_epoch`` with Adagrad and N3. Each worker reports the bytes of its entity
+rows and their optimizer state, its peak RSS, and the payload of every collective it called.
+Prints one markdown table, checks the issue's targets, then prints the paper projection
+(``--project``) from the same byte formulas that the measured P = 2 payloads are checked against.
+
+    python benchmarks/scale.py [--sizes 100000,300000,1000000,2000000] [--workers 1,2] [--rank 200]
+        [--batch-size 128] [--steps 5] [--cores 2] [--project 100000000] [--gpus 8,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import socket
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from distmap.config import ModelConfig
+from distmap.dist.partition import row_ranges
+from distmap.dist.sharded import sharded_step, sync_replicated_grads
+from distmap.models.zoo import build_model
+from distmap.train.fit import make_optimizer
+from distmap.train.loop import Objective, local_step, run_epoch
+
+NUM_RELATIONS = 100  # before reciprocals
+FLOAT = 4
+TARGET_SHARE_TOLERANCE = 0.10
+TARGET_P2_THROUGHPUT = 0.8
+
+
+@dataclass(frozen=True)
+class Case:
+    num_entities: int
+    workers: int
+    threads: int
+    rank: int
+    batch_size: int
+    steps: int
+    model: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    rows: int
+    table_bytes: int
+    optimizer_bytes: int
+    peak_rss_bytes: int
+    seconds: float
+    all_reduce_bytes: int
+    all_gather_bytes: int
+
+
+def count_collectives(totals: dict[str, int]) -> None:
+    """Wrap ``dist.all_reduce`` / ``dist.all_gather`` to add up their payloads (bytes per call:
+    the reduced tensor; the gathered tensors). ``distmap.dist`` looks them up at call time."""
+    all_reduce, all_gather = dist.all_reduce, dist.all_gather
+
+    def counted_reduce(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        totals["all_reduce"] += tensor.numel() * tensor.element_size()
+        return all_reduce(tensor, *args, **kwargs)
+
+    def counted_gather(outputs: list[torch.Tensor], tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        totals["all_gather"] += sum(t.numel() * t.element_size() for t in outputs)
+        return all_gather(outputs, tensor, *args, **kwargs)
+
+    dist.all_reduce, dist.all_gather = counted_reduce, counted_gather
+
+
+def synthetic_examples(case: Case) -> torch.Tensor:
+    """Uniform random (h, r, t) with reciprocal relation ids, the same on every worker (seeded)."""
+    g = torch.Generator().manual_seed(case.seed)
+    n = case.batch_size * (case.steps + 1)
+    return torch.stack([torch.randint(0, case.num_entities, (n,), generator=g),
+                        torch.randint(0, 2 * NUM_RELATIONS, (n,), generator=g),
+                        torch.randint(0, case.num_entities, (n,), generator=g)], dim=1)
+
+
+def worker(rank: int, case: Case, port: int, out: str) -> None:
+    torch.set_num_threads(case.threads)
+    if case.workers > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+        dist.init_process_group("gloo", rank=rank, world_size=case.workers)
+    totals: dict[str, int] = defaultdict(int)
+    count_collectives(totals)
+    try:
+        lo, hi = row_ranges(case.num_entities, case.workers)[rank]
+        model = build_model(ModelConfig(name=case.model, rank=case.rank, init_scale=1e-3), case.num_entities,
+                            NUM_RELATIONS, seed=case.seed, entity_range=(lo, hi))
+        optimizer = make_optimizer("adagrad", model.parameters(), 0.1)
+        objective = Objective("n3", 0.05)
+        examples = synthetic_examples(case)
+        warmup, timed = examples[: case.batch_size], examples[case.batch_size:]
+        generator = torch.Generator().manual_seed(case.seed)
+
+        def epoch(rows: torch.Tensor) -> float:
+            if case.workers == 1:
+                step = local_step(model, rows, objective)
+                sync: Callable[[], None] | None = None
+            else:
+                step, sync = sharded_step(model, rows, objective), sync_replicated_grads(model)
+            stats = run_epoch(step, optimizer, len(rows), case.batch_size, generator, sync_grads=sync,
+                              show_progress=False)
+            return stats.seconds
+
+        epoch(warmup)  # allocates the optimizer state and warms the allocator and thread pool
+        totals.clear()
+        seconds = epoch(timed)
+        weight = model.entities.weight
+        state = optimizer.state[weight]
+        report = WorkerReport(
+            rows=hi - lo, table_bytes=weight.numel() * weight.element_size(),
+            optimizer_bytes=sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)),
+            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, seconds=seconds,
+            all_reduce_bytes=totals["all_reduce"] // case.steps, all_gather_bytes=totals["all_gather"] // case.steps)
+        Path(out, f"rank{rank}.json").write_text(json.dumps(asdict(report)), encoding="utf-8")
+    finally:
+        if case.workers > 1:
+            dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(case: Case) -> list[WorkerReport]:
+    """Run ``case`` in fresh processes (so peak RSS is this case's alone)."""
+    with tempfile.TemporaryDirectory(prefix="distmap-scale-") as out:
+        mp.start_processes(worker, args=(case, free_port(), out), nprocs=case.workers, join=True,
+                           start_method="spawn")
+        return [WorkerReport(**json.loads(Path(out, f"rank{r}.json").read_text(encoding="utf-8")))
+                for r in range(case.workers)]
+
+
+@dataclass(frozen=True)
+class StepBytes:
+    """Collective payload bytes per step and worker for a global batch ``batch`` over P workers.
+
+    The sharded step's collectives (``distmap.dist.sharded``): batch sizes (P longs), heads+tails
+    ids gathered (2B longs), their rows summed (2B·d floats), queries gathered (B·d), targets
+    gathered (B longs), three per-query softmax sums (3B floats), the penalty (1 float); backward:
+    query gradients (B·d) and row gradients (2B·d) summed, relation gradients summed (2R·d).
+    All-gathers are padded to the largest slice, ceil(B/P) rows per worker.
+    """
+
+    all_reduce: int
+    all_gather: int
+
+    @classmethod
+    def predict(cls, batch: int, workers: int, dim: int, relations: int) -> StepBytes:
+        if workers == 1:
+            return cls(0, 0)
+        slice_rows = -(-batch // workers)
+        reduce_floats = 2 * batch * dim + 3 * batch + 1 + batch * dim + 2 * batch * dim + relations * dim
+        gather = workers * (2 * slice_rows * 8 + slice_rows * dim * FLOAT + slice_rows * 8)
+        return cls(workers * 8 + reduce_floats * FLOAT, gather)
+
+    def ring_traffic(self, workers: int) -> float:
+        """Bytes each worker sends under ring algorithms: 2(P-1)/P of an all-reduce, (P-1)/P of a gather."""
+        return (2 * self.all_reduce + self.all_gather) * (workers - 1) / workers
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def run_table(args: argparse.Namespace) -> bool:
+    rows, ok = [], True
+    baseline: dict[int, float] = {}
+    for n in args.sizes:
+        for p in args.workers:
+            case = Case(n, p, max(1, args.cores // p), args.rank, args.batch_size, args.steps, args.model)
+            reports = measure(case)
+            whole = sum(r.table_bytes + r.optimizer_bytes for r in reports)
+            shares = [(r.table_bytes + r.optimizer_bytes) / whole for r in reports]
+            share_ok = all(abs(s * p - 1) <= TARGET_SHARE_TOLERANCE for s in shares)
+            seconds = max(r.seconds for r in reports)
+            rate = args.steps * args.batch_size / seconds
+            if p == 1:
+                baseline[n] = rate
+            ratio = rate / baseline[n] if n in baseline else float("nan")
+            throughput_ok = p != 2 or ratio >= TARGET_P2_THROUGHPUT
+            ok &= share_ok and throughput_ok
+            predicted = StepBytes.predict(args.batch_size, p, reports[0].table_bytes // reports[0].rows // FLOAT,
+                                          2 * NUM_RELATIONS)
+            measured = StepBytes(reports[0].all_reduce_bytes, reports[0].all_gather_bytes)
+            rows.append(
+                f"| {n:,} | {p} | {case.threads} | {' / '.join(gib(r.table_bytes + r.optimizer_bytes) for r in reports)}"
+                f" | {' / '.join(f'{s:.3f}' for s in shares)} {'✓' if share_ok else '✗'}"
+                f" | {' / '.join(gib(r.peak_rss_bytes) for r in reports)} | {1000 * seconds / args.steps:.0f}"
+                f" | {rate:,.0f} | {ratio:.2f}{'' if p == 1 else (' ✓' if throughput_ok else ' ✗')}"
+                f" | {(measured.all_reduce + measured.all_gather) / 2**20:.2f}"
+                f" ({(predicted.all_reduce + predicted.all_gather) / 2**20:.2f}) |")
+            print(f"  done N={n:,} P={p}: {rate:,.0f} triples/s", flush=True)
+    print(f"\n{args.model} rank {args.rank}, batch {args.batch_size}, Adagrad + N3, {args.steps} timed steps; "
+          f"{NUM_RELATIONS} relations (+ reciprocals)\n")
+    print("| entities | P | threads/worker | table+optimizer GiB per worker | share of whole | peak RSS GiB "
+          "per worker | step ms | triples/s | vs P=1 | collective MiB/step/worker (predicted) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\ntargets: share = 1/P ± {TARGET_SHARE_TOLERANCE:.0%}; P=2 (1 thread each) ≥ {TARGET_P2_THROUGHPUT}× "
+          f"the triples/s of P=1 (2 threads): {'met' if ok else 'NOT met'}")
+    return ok
+
+
+def project(args: argparse.Namespace) -> None:
+    """Per-GPU memory and per-step bytes for ``--project`` entities: the same formulas, on paper."""
+    n, dim = args.project, 2 * args.rank if args.model in ("complex", "rotate") else args.rank
+    rel = 2 * args.project_relations
+    print(f"\nprojection: {n:,} entities, {args.model} rank {args.rank} ({dim} floats/row), float32, "
+          f"Adagrad, {args.project_relations:,} relations, global batch {args.project_batch:,}\n")
+    print("| GPUs | rows/GPU | table GiB | Adagrad state GiB | table gradient GiB | optimizer temp GiB "
+          "| score block GiB (B × rows) | est. peak GiB/GPU | collective payload MiB/step | ring MiB sent/step/GPU "
+          "| GEMM TFLOP/step/GPU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for gpus in args.gpus:
+        rows = -(-n // gpus)
+        table = rows * dim * FLOAT
+        scores = args.project_batch * rows * FLOAT
+        peak = 4 * table + SCORE_COPIES * scores
+        step = StepBytes.predict(args.project_batch, gpus, dim, rel)
+        flops = 3 * 2 * args.project_batch * rows * dim
+        print(f"| {gpus} | {rows:,} | {gib(table)} | {gib(table)} | {gib(table)} | {gib(table)} | {gib(scores)} "
+              f"| {gib(peak)} | {(step.all_reduce + step.all_gather) / 2**20:.1f} "
+              f"| {step.ring_traffic(gpus) / 2**20:.1f} | {flops / 1e12:.2f} |")
+
+
+SCORE_COPIES = 4  # score-sized tensors alive at once in the step (scores, shifted, exp, probabilities)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ints = lambda s: [int(float(x)) for x in s.split(",")]  # noqa: E731 - "1e6" is easier to type
+    parser.add_argument("--sizes", type=ints, default=[100_000, 300_000, 1_000_000, 2_000_000])
+    parser.add_argument("--workers", type=ints, default=[1, 2])
+    parser.add_argument("--rank", type=int, default=200)
+    parser.add_argument("--model", default="complex")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="threads split over the workers")
+    parser.add_argument("--project", type=lambda s: int(float(s)), default=100_000_000)
+    parser.add_argument("--project-relations", type=int, default=1000)
+    parser.add_argument("--project-batch", type=int, default=1000)
+    parser.add_argument("--gpus", type=ints, default=[8, 64])
+    parser.add_argument("--skip-measure", action="store_true", help="print only the projection")
+    args = parser.parse_args()
+    print(f"# benchmarks/scale.py · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()}"
+          f" · {os.cpu_count()} CPUs · torch {torch.__version__}", flush=True)
+    ok = True if args.skip_measure else run_table(args)
+    project(args)
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""A finished run's best model, from whichever checkpoint layout the run wrote.
+
+A single-process run keeps ``<run>/checkpoint.pt``; a sharded run keeps per-range row files
+under ``<output>/ray_results/<run>/checkpoint_*`` (Ray Train) or ``epoch-*`` folders. Either
+way the best-on-valid parameters come back as one model in this process, so the whole
+table must fit here: evaluation of tables beyond one machine happens inside the run itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from distmap.config import Config
+from distmap.data.kg import KnowledgeGraph
+from distmap.dist.shard_checkpoint import COMMON, load_rows
+from distmap.errors import DataError
+from distmap.models.model import KGEModel
+from distmap.models.zoo import build_model
+from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+
+def newest_sharded_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint folder (one with ``common.pt``) under ``root`` with the highest epoch."""
+    found = [path.parent for path in root.glob(f"*/{COMMON}")] if root.is_dir() else []
+    return max(found, key=lambda folder: load_checkpoint(folder / COMMON)["epoch"], default=None)
+
+
+def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[KGEModel, int]:
+    """(model holding the run's best-on-valid parameters, the epoch they come from)."""
+    model = build_model(cfg.model, kg.num_entities, kg.num_relations).to(device)
+    single = run_dir / CHECKPOINT_NAME
+    if single.exists():
+        saved = load_checkpoint(single)
+        model.load_state_dict(saved["best_state"])
+        return model, saved["best_epoch"]
+    sharded_root = run_dir.parent / "ray_results" / run_dir.name
+    folder = newest_sharded_checkpoint(sharded_root) or newest_sharded_checkpoint(run_dir)
+    if folder is None:
+        raise DataError(run_dir, f"no {CHECKPOINT_NAME} here and no sharded checkpoint under {sharded_root}")
+    rows, _ = load_rows(folder, 0, kg.num_entities)
+    common = load_checkpoint(folder / COMMON)
+    if common["num_entities"] != kg.num_entities:
+        raise DataError(folder, f"checkpoint has {common['num_entities']} entities, the dataset {kg.num_entities}")
+    with torch.no_grad():
+        model.entities.weight.copy_(rows["best"])
+        model.relations.copy_(common["best_relations"])
+    return model, common["best_epoch"]
