@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import socket
 import tempfile
@@ -36,9 +35,11 @@ import torch.multiprocessing as mp
 from distmap.config import ModelConfig
 from distmap.dist.partition import row_ranges
 from distmap.dist.sharded import sharded_step, sync_replicated_grads
+from distmap.models.interactions import make_interaction
 from distmap.models.zoo import build_model
 from distmap.train.fit import make_optimizer
 from distmap.train.loop import Objective, local_step, run_epoch
+from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
 
 NUM_RELATIONS = 100  # before reciprocals
 FLOAT = 4
@@ -63,6 +64,7 @@ class WorkerReport:
     rows: int
     table_bytes: int
     optimizer_bytes: int
+    start_rss_bytes: int
     peak_rss_bytes: int
     seconds: float
     all_reduce_bytes: int
@@ -94,8 +96,13 @@ def synthetic_examples(case: Case) -> torch.Tensor:
                         torch.randint(0, case.num_entities, (n,), generator=g)], dim=1)
 
 
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def worker(rank: int, case: Case, port: int, out: str) -> None:
     torch.set_num_threads(case.threads)
+    start_rss = peak_rss()
     if case.workers > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
         dist.init_process_group("gloo", rank=rank, world_size=case.workers)
@@ -129,7 +136,7 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
         report = WorkerReport(
             rows=hi - lo, table_bytes=weight.numel() * weight.element_size(),
             optimizer_bytes=sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)),
-            peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, seconds=seconds,
+            start_rss_bytes=start_rss, peak_rss_bytes=peak_rss(), seconds=seconds,
             all_reduce_bytes=totals["all_reduce"] // case.steps, all_gather_bytes=totals["all_gather"] // case.steps)
         Path(out, f"rank{rank}.json").write_text(json.dumps(asdict(report)), encoding="utf-8")
     finally:
@@ -180,6 +187,17 @@ class StepBytes:
         return (2 * self.all_reduce + self.all_gather) * (workers - 1) / workers
 
 
+TABLE_COPIES = 4  # weight, Adagrad sum, gradient, one transient table-sized gradient in backward
+
+
+def memory_estimate(rows: int, dim: int, batch: int, workers: int) -> int:
+    """Upper estimate of what a worker's training step adds to its process, in bytes: four
+    table-sized tensors, plus the score-sized (B × rows) buffers alive at once: two for the
+    vocab-parallel loss (scores and its in-place buffer), three for ``F.cross_entropy`` (P = 1)."""
+    copies = 3 if workers == 1 else 2
+    return TABLE_COPIES * rows * dim * FLOAT + copies * batch * rows * FLOAT
+
+
 def gib(n: float) -> str:
     return f"{n / 2**30:.2f}"
 
@@ -201,13 +219,17 @@ def run_table(args: argparse.Namespace) -> bool:
             ratio = rate / baseline[n] if n in baseline else float("nan")
             throughput_ok = p != 2 or ratio >= TARGET_P2_THROUGHPUT
             ok &= share_ok and throughput_ok
-            predicted = StepBytes.predict(args.batch_size, p, reports[0].table_bytes // reports[0].rows // FLOAT,
-                                          2 * NUM_RELATIONS)
             measured = StepBytes(reports[0].all_reduce_bytes, reports[0].all_gather_bytes)
+            dim = reports[0].table_bytes // reports[0].rows // FLOAT
+            growth = " / ".join(f"{gib(r.peak_rss_bytes - r.start_rss_bytes)} ({gib(memory_estimate(r.rows, dim, args.batch_size, p))})"
+                                for r in reports)
+            predicted = StepBytes.predict(args.batch_size, p, dim, 2 * NUM_RELATIONS)
+            ok &= all(r.peak_rss_bytes - r.start_rss_bytes <= memory_estimate(r.rows, dim, args.batch_size, p)
+                      for r in reports)
             rows.append(
                 f"| {n:,} | {p} | {case.threads} | {' / '.join(gib(r.table_bytes + r.optimizer_bytes) for r in reports)}"
                 f" | {' / '.join(f'{s:.3f}' for s in shares)} {'✓' if share_ok else '✗'}"
-                f" | {' / '.join(gib(r.peak_rss_bytes) for r in reports)} | {1000 * seconds / args.steps:.0f}"
+                f" | {' / '.join(gib(r.peak_rss_bytes) for r in reports)} | {growth} | {1000 * seconds / args.steps:.0f}"
                 f" | {rate:,.0f} | {ratio:.2f}{'' if p == 1 else (' ✓' if throughput_ok else ' ✗')}"
                 f" | {(measured.all_reduce + measured.all_gather) / 2**20:.2f}"
                 f" ({(predicted.all_reduce + predicted.all_gather) / 2**20:.2f}) |")
@@ -215,37 +237,39 @@ def run_table(args: argparse.Namespace) -> bool:
     print(f"\n{args.model} rank {args.rank}, batch {args.batch_size}, Adagrad + N3, {args.steps} timed steps; "
           f"{NUM_RELATIONS} relations (+ reciprocals)\n")
     print("| entities | P | threads/worker | table+optimizer GiB per worker | share of whole | peak RSS GiB "
-          "per worker | step ms | triples/s | vs P=1 | collective MiB/step/worker (predicted) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "per worker | step growth of RSS GiB (upper estimate) | step ms | triples/s | vs P=1 "
+          "| collective MiB/step/worker (predicted) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\ntargets: share = 1/P ± {TARGET_SHARE_TOLERANCE:.0%}; P=2 (1 thread each) ≥ {TARGET_P2_THROUGHPUT}× "
-          f"the triples/s of P=1 (2 threads): {'met' if ok else 'NOT met'}")
+    print(f"\nchecks: share = 1/P ± {TARGET_SHARE_TOLERANCE:.0%}; P=2 (1 thread each) ≥ {TARGET_P2_THROUGHPUT}× "
+          f"the triples/s of P=1 (2 threads); RSS growth ≤ its estimate: {'all met' if ok else 'NOT all met'}")
     return ok
 
 
 def project(args: argparse.Namespace) -> None:
-    """Per-GPU memory and per-step bytes for ``--project`` entities: the same formulas, on paper."""
-    n, dim = args.project, 2 * args.rank if args.model in ("complex", "rotate") else args.rank
-    rel = 2 * args.project_relations
-    print(f"\nprojection: {n:,} entities, {args.model} rank {args.rank} ({dim} floats/row), float32, "
-          f"Adagrad, {args.project_relations:,} relations, global batch {args.project_batch:,}\n")
-    print("| GPUs | rows/GPU | table GiB | Adagrad state GiB | table gradient GiB | optimizer temp GiB "
-          "| score block GiB (B × rows) | est. peak GiB/GPU | collective payload MiB/step | ring MiB sent/step/GPU "
-          "| GEMM TFLOP/step/GPU |")
+    """Per-GPU memory and per-step bytes for ``--project`` entities: the formulas checked above, on paper."""
+    n, dim = args.project, make_interaction(args.model).entity_dim(args.rank)
+    budget = args.gpu_memory_gib * 2**30 - CUDA_RESERVE
+    print(f"\nprojection: {n:,} entities, {args.model} rank {args.rank} ({dim} floats/row), float32, Adagrad, "
+          f"{args.project_relations:,} relations, global batch B = {args.project_batch:,}, "
+          f"{args.gpu_memory_gib} GiB per GPU ({gib(CUDA_RESERVE)} GiB kept for the CUDA context)\n")
+    print("| GPUs | rows/GPU | table + Adagrad GiB | gradients GiB (2 tables) | score block GiB (B × rows) "
+          "| est. peak GiB/GPU | fits? | largest B that fits | collective payload MiB/step/GPU "
+          "| ring MiB sent/step/GPU | scoring GEMM TFLOP/step/GPU |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for gpus in args.gpus:
         rows = -(-n // gpus)
-        table = rows * dim * FLOAT
-        scores = args.project_batch * rows * FLOAT
-        peak = 4 * table + SCORE_COPIES * scores
-        step = StepBytes.predict(args.project_batch, gpus, dim, rel)
+        table, scores = rows * dim * FLOAT, args.project_batch * rows * FLOAT
+        peak = memory_estimate(rows, dim, args.project_batch, gpus)
+        largest = max(0, int((budget - TABLE_COPIES * table) // (2 * rows * FLOAT)))
+        step = StepBytes.predict(args.project_batch, gpus, dim, 2 * args.project_relations)
         flops = 3 * 2 * args.project_batch * rows * dim
-        print(f"| {gpus} | {rows:,} | {gib(table)} | {gib(table)} | {gib(table)} | {gib(table)} | {gib(scores)} "
-              f"| {gib(peak)} | {(step.all_reduce + step.all_gather) / 2**20:.1f} "
-              f"| {step.ring_traffic(gpus) / 2**20:.1f} | {flops / 1e12:.2f} |")
+        print(f"| {gpus} | {rows:,} | {gib(2 * table)} | {gib(2 * table)} | {gib(scores)} | {gib(peak)} "
+              f"| {'yes' if peak <= budget else 'no'} | {largest:,} | {(step.all_reduce + step.all_gather) / 2**20:.1f} "
+              f"| {step.ring_traffic(gpus) / 2**20:.1f} | {flops / 1e12:.1f} |")
 
 
-SCORE_COPIES = 4  # score-sized tensors alive at once in the step (scores, shifted, exp, probabilities)
+CUDA_RESERVE = 2 * 2**30
 
 
 def main() -> None:
@@ -262,9 +286,10 @@ def main() -> None:
     parser.add_argument("--project-relations", type=int, default=1000)
     parser.add_argument("--project-batch", type=int, default=1000)
     parser.add_argument("--gpus", type=ints, default=[8, 64])
+    parser.add_argument("--gpu-memory-gib", type=float, default=79.0, help="per GPU (an 80 GB H100 shows ~79)")
     parser.add_argument("--skip-measure", action="store_true", help="print only the projection")
     args = parser.parse_args()
-    print(f"# benchmarks/scale.py · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {platform.processor() or platform.machine()}"
+    print(f"# benchmarks/scale.py · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu_name()}"
           f" · {os.cpu_count()} CPUs · torch {torch.__version__}", flush=True)
     ok = True if args.skip_measure else run_table(args)
     project(args)
