@@ -105,6 +105,10 @@ def test_cli_train_evaluate_and_errors(ring_dataset: Path, tmp_path: Path, capsy
     assert main(["train", str(config), "--set", "track.enabled=false", "--set", "track.run_name=cli"]) == 0
     assert main(["evaluate", str(tmp_path / "runs" / "cli"), "--tie", "pessimistic"]) == 0
     assert "ties: pessimistic" in capsys.readouterr().out
+    (tmp_path / "runs" / "cli" / "checkpoint.pt").unlink()
+    assert main(["evaluate", str(tmp_path / "runs" / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint.pt here and no sharded checkpoint" in err and "Traceback" not in err
     assert main(["train", str(config), "--set", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert str(config) in err and "train.lrr" in err and "unknown key" in err and "Traceback" not in err
