@@ -1,6 +1,7 @@
 """Ray Train across two Ray nodes on 127.0.0.1 (``ray.cluster_utils.Cluster``), one worker per
-node: the node of one worker is removed mid-run, a fresh node has joined, and Ray Train restarts
-the group from the last checkpoint, with the plain loop's metrics at the end.
+node: the node of one worker is removed mid-run, Ray Train restarts the group and waits for a
+second node, a fresh node joins, and the group resumes from the last checkpoint on it, with the
+plain loop's metrics at the end.
 
 The workers pause at the start of epoch 3, after the first checkpoint (tests/pause_hook.py), so
 the node goes away at a known point; every Ray process is a child of this test's process, and
@@ -55,6 +56,12 @@ def wait_for(what: str, test: Callable[[], bool], timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.1)
+
+
+def pending_placement_group() -> bool:
+    from ray.util import placement_group_table
+
+    return any(pg["state"] == "PENDING" for pg in placement_group_table().values())
 
 
 @pytest.fixture
@@ -123,8 +130,10 @@ def test_two_nodes_one_removed_mid_run(ring_dataset: Path, short_dir: Path, clus
     placed = {p.name: p.read_text(encoding="utf-8") for p in pauses.glob("paused-*")}
     assert sorted(placed.values()) == [first.node_id, second.node_id], "the two workers share a node"
     time.sleep(3)  # let the controller register the checkpoint: reports just before a crash can be lost
-    third = cluster.add_node(**NODE)
     cluster.remove_node(second)
+    # The node joins only once the restarted group waits for it: a placement group pending.
+    wait_for("the restart to wait for a second node", pending_placement_group, timeout=60)
+    third = cluster.add_node(**NODE)
     thread.join(240)
     assert not thread.is_alive(), "training did not finish after the node was removed"
     if "error" in result:
