@@ -87,6 +87,8 @@ def cluster(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
+    # Earlier tests may have left long-lived children of pytest (multiprocessing's resource tracker).
+    before = descendants()
     nodes = Cluster(initialize_head=True, head_node_args={
         **NODE, "num_cpus": 0, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
@@ -98,7 +100,7 @@ def cluster(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     finally:
         ray.shutdown()
         nodes.shutdown()
-        left = descendants()
+        left = descendants() - before
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
