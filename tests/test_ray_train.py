@@ -12,7 +12,7 @@ import pytest
 
 from distmap.cli import main
 from distmap.config import Config, config_from_dict
-from distmap.dist.trainer import fit_distributed
+from distmap.dist.trainer import RAY_DIR_MAX, fit_distributed, ray_temp_dir
 from distmap.train.fit import fit
 from tests.test_dist import flat
 
@@ -59,3 +59,11 @@ def test_two_ray_workers_match_the_plain_loop_through_a_crash(ring_dataset: Path
     (finished,) = [r for r in found if r.info.run_name == "ray" and r.info.status == "FINISHED"]
     assert finished.data.params["scale.workers"] == "2"
     assert finished.data.metrics["test/both/mrr"] == pytest.approx(summary["test"]["both"]["mrr"])
+
+
+def test_ray_session_folder_moves_to_tmp_when_the_output_path_is_too_deep(short_dir: Path) -> None:
+    assert ray_temp_dir(short_dir) == short_dir / ".ray"
+    deep = short_dir / ("d" * RAY_DIR_MAX)
+    moved = ray_temp_dir(deep)
+    assert moved.is_dir() and moved.parent == Path("/tmp") and moved.name.startswith("distmap-ray-")
+    moved.rmdir()

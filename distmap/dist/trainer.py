@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,6 +37,18 @@ def absolute_paths(cfg: Config) -> Config:
         track=dataclasses.replace(cfg.track, output_dir=str(Path(cfg.track.output_dir).absolute()),
                                   tracking_uri=uri),
     )
+
+
+RAY_DIR_MAX = 40  # Ray's unix sockets (108 bytes) add up to ~62 characters of session and socket names
+
+
+def ray_temp_dir(output: Path) -> Path:
+    """Ray's session folder for a local run: ``<output>/.ray`` when that path leaves Ray's socket
+    paths under the limit, else a fresh folder under /tmp (a deep clone path would break Ray)."""
+    inside = output.absolute() / ".ray"
+    if len(str(inside)) <= RAY_DIR_MAX:
+        return inside
+    return Path(tempfile.mkdtemp(prefix="distmap-ray-", dir="/tmp" if Path("/tmp").is_dir() else None))
 
 
 def _publish(folder: Path, metrics: dict[str, Any]) -> None:
@@ -75,9 +88,12 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
     output = Path(cfg.track.output_dir)
     started = not ray.is_initialized()
     if started:
+        temp = ray_temp_dir(output) if local else None
+        if temp is not None and not temp.is_relative_to(output.absolute()):
+            log(f"Ray session files go to {temp}: {output.absolute()} is too deep for Ray's socket paths")
         ray.init(address=cfg.scale.address,
                  **({"num_cpus": cfg.scale.workers * cfg.scale.cpus_per_worker,
-                     "_temp_dir": str(output / ".ray"), "include_dashboard": True,
+                     "_temp_dir": str(temp), "include_dashboard": True,
                      "dashboard_host": "127.0.0.1"} if local else {}))
     name = run_name(cfg)
     try:
