@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -57,6 +58,13 @@ def _publish(folder: Path, metrics: dict[str, Any]) -> None:
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
 
 
+def _print_once(message: str) -> None:
+    """Ray Train routes a worker's ``print`` to its logger and, when something has wrapped
+    ``sys.stdout``, also to the stream: each line showed twice. Writing to the process's own
+    stdout reaches the driver once either way."""
+    print(message, file=sys.__stdout__, flush=True)
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; the process group is already initialised."""
     import ray.train
@@ -69,7 +77,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     kg = KnowledgeGraph.load(cfg.data.path)
     checkpoint = ray.train.get_checkpoint()
     marker = Path(cfg.track.output_dir) / run_name(cfg) / "fault-injected"
-    log: Callable[[str], None] = print if rank == 0 else (lambda _: None)
+    log: Callable[[str], None] = _print_once if rank == 0 else (lambda _: None)
     with checkpoint.as_directory() if checkpoint else nullcontext(None) as restore:
         engine = ShardedEngine(cfg, kg, device, Path(restore) if restore else None, _publish, marker)
         run(engine, cfg, log, chief=rank == 0)
