@@ -163,8 +163,7 @@ def measure(case: Case) -> list[WorkerReport]:
 class StepBytes:
     """Collective payload bytes per step and worker for a global batch ``batch`` over P workers.
 
-    The sharded step's collectives (``distmap.dist.sharded``): batch sizes (P longs), heads+tails
-    ids gathered (2B longs), their rows summed (2B·d floats), queries gathered (B·d), targets
+    The sharded step's collectives (``distmap.dist.sharded``): heads+tails ids gathered (2B longs), their rows summed (2B·d floats), queries gathered (B·d), targets
     gathered (B longs), three per-query softmax sums (3B floats), the penalty (1 float); backward:
     query gradients (B·d) and row gradients (2B·d) summed, relation gradients summed (2R·d).
     All-gathers are padded to the largest slice, ceil(B/P) rows per worker.
@@ -180,7 +179,7 @@ class StepBytes:
         slice_rows = -(-batch // workers)
         reduce_floats = 2 * batch * dim + 3 * batch + 1 + batch * dim + 2 * batch * dim + relations * dim
         gather = workers * (2 * slice_rows * 8 + slice_rows * dim * FLOAT + slice_rows * 8)
-        return cls(workers * 8 + reduce_floats * FLOAT, gather)
+        return cls(reduce_floats * FLOAT, gather)
 
     def ring_traffic(self, workers: int) -> float:
         """Bytes each worker sends under ring algorithms: 2(P-1)/P of an all-reduce, (P-1)/P of a gather."""

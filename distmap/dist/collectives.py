@@ -34,15 +34,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_sizes(n: int, device: torch.device) -> list[int]:
-    """Every worker's row count (batches may differ in size at the end of an epoch)."""
-    if world()[1] == 1:
-        return [n]
-    sizes = torch.zeros(world()[1], dtype=torch.long, device=device)
-    sizes[world()[0]] = n
-    return all_reduce_(sizes).tolist()
-
-
 def all_gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
     """Concatenate every worker's rows (worker order) without autograd; sizes may differ."""
     if len(sizes) == 1:

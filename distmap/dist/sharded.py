@@ -25,7 +25,6 @@ from distmap.dist.collectives import (
     all_gather_with_grad,
     all_reduce_,
     all_reduce_sum_with_grad,
-    gather_sizes,
     world,
 )
 from distmap.dist.parallel_ce import vocab_parallel_cross_entropy
@@ -41,12 +40,11 @@ from distmap.train.evaluate import (
 from distmap.train.loop import Objective, StepLoss
 
 
-def gather_entity_rows(table: EntityTable, ids: Tensor, sizes: list[int] | None = None) -> Tensor:
+def gather_entity_rows(table: EntityTable, ids: Tensor, sizes: list[int]) -> Tensor:
     """Rows of global ``ids`` from whichever worker owns them; gradients flow back to the owner.
 
-    ``sizes``: every worker's number of ids, when the caller knows it (saves a collective).
+    ``sizes``: every worker's number of ids, in worker order.
     """
-    sizes = sizes or gather_sizes(len(ids), ids.device)
     if len(sizes) == 1:
         return table.rows(ids)
     all_ids = all_gather_rows(ids, sizes)
@@ -63,9 +61,11 @@ def sharded_step(model: KGEModel, examples: Tensor, objective: Objective) -> Ste
     device = model.relations.device
 
     def loss(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        batch = examples[index.tensor_split(size)[rank]].to(device)
+        # Every worker holds the same index, so every worker's slice size is known without a collective.
+        slices = index.tensor_split(size)
+        sizes = [len(part) for part in slices]
+        batch = examples[slices[rank]].to(device)
         h, r, t = batch.unbind(1)
-        sizes = gather_sizes(len(batch), device)
         h_emb, t_emb = gather_entity_rows(model.entities, torch.cat([h, t]), [2 * n for n in sizes]).tensor_split(2)
         r_emb = model.relations[r]
         queries = all_gather_with_grad(model.interaction.query(h_emb, r_emb), sizes)
