@@ -18,9 +18,7 @@ import argparse
 import json
 import os
 import resource
-import socket
 import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -31,15 +29,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
 
 from distmap.config import ModelConfig
+from distmap.dist.collectives import free_port
 from distmap.dist.partition import row_ranges
 from distmap.dist.sharded import sharded_step, sync_replicated_grads
 from distmap.models.interactions import make_interaction
 from distmap.models.zoo import build_model
 from distmap.train.fit import make_optimizer
 from distmap.train.loop import Objective, local_step, run_epoch
-from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
 
 NUM_RELATIONS = 100  # before reciprocals
 FLOAT = 4
@@ -142,12 +141,6 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
     finally:
         if case.workers > 1:
             dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure(case: Case) -> list[WorkerReport]:
@@ -274,11 +267,15 @@ def project(args: argparse.Namespace) -> None:
 CUDA_RESERVE = 2 * 2**30
 
 
+def int_list(text: str) -> list[int]:
+    """Comma-separated counts; "1e6" is easier to type than 1000000."""
+    return [int(float(x)) for x in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ints = lambda s: [int(float(x)) for x in s.split(",")]  # noqa: E731 - "1e6" is easier to type
-    parser.add_argument("--sizes", type=ints, default=[100_000, 300_000, 1_000_000, 2_000_000])
-    parser.add_argument("--workers", type=ints, default=[1, 2])
+    parser.add_argument("--sizes", type=int_list, default=[100_000, 300_000, 1_000_000, 2_000_000])
+    parser.add_argument("--workers", type=int_list, default=[1, 2])
     parser.add_argument("--rank", type=int, default=200)
     parser.add_argument("--model", default="complex")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -287,7 +284,7 @@ def main() -> None:
     parser.add_argument("--project", type=lambda s: int(float(s)), default=100_000_000)
     parser.add_argument("--project-relations", type=int, default=1000)
     parser.add_argument("--project-batch", type=int, default=1000)
-    parser.add_argument("--gpus", type=ints, default=[8, 64])
+    parser.add_argument("--gpus", type=int_list, default=[8, 64])
     parser.add_argument("--gpu-memory-gib", type=float, default=79.0, help="per GPU (an 80 GB H100 shows ~79)")
     parser.add_argument("--skip-measure", action="store_true", help="print only the projection")
     args = parser.parse_args()

@@ -7,7 +7,6 @@ tested here without Ray; the Ray wiring has its own tests.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 
 from distmap.config import ModelConfig
 from distmap.data.kg import add_reciprocals
+from distmap.dist.collectives import free_port
 from distmap.dist.partition import owners, row_ranges
 from distmap.dist.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
 from distmap.models.zoo import build_model
@@ -80,12 +80,6 @@ def _worker(rank: int, world_size: int, port: int, name: str, out: str) -> None:
 
 def flat(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{d}/{k}": v for d, values in metrics.items() for k, v in values.items()}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_sharded(name: str, world_size: int, tmp_path: Path) -> list[dict[str, object]]:

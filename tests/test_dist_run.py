@@ -16,10 +16,11 @@ from distmap.config import Config, config_from_dict
 from distmap.data.kg import KnowledgeGraph
 from distmap.data.prepare import prepare_dataset
 from distmap.data.shards import write_feature_shards
+from distmap.dist.collectives import free_port
 from distmap.dist.engine import ShardedEngine, latest_checkpoint, move_into
 from distmap.train.fit import run
 from tests.conftest import ring_graph, write_triples
-from tests.test_dist import flat, free_port
+from tests.test_dist import flat
 
 
 def make_config(dataset: Path, out: Path, epochs: int) -> Config:

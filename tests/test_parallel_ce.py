@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from distmap.dist.collectives import free_port
 from distmap.dist.parallel_ce import vocab_parallel_cross_entropy
 from distmap.dist.partition import row_ranges
-from tests.test_dist import free_port
 
 B, N = 6, 11
 CASES = list(itertools.product([False, True], [0.0, 0.1]))

@@ -8,11 +8,19 @@ worker every function here is the identity (no process group is needed).
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+def free_port(address: str = "127.0.0.1") -> int:
+    """A TCP port free on ``address`` now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
 
 
 def world() -> tuple[int, int]:

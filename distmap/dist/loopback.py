@@ -23,6 +23,8 @@ import torch.distributed as dist
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
+from distmap.dist.collectives import free_port
+
 LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "GLOO_SOCKET_IFNAME": "lo",
@@ -46,12 +48,6 @@ def set_loopback_env() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
 def _init_process_group(backend: str, address: str, port: int, rank: int, world_size: int,
                         timeout_s: int) -> None:
     timeout = timedelta(seconds=timeout_s)
@@ -73,7 +69,7 @@ class _LoopbackTorchBackend(_TorchBackend):
     def on_start(self, worker_group: Any, backend_config: TorchConfig) -> None:
         worker_group.execute(_set_torch_distributed_env_vars)
         address = worker_group.execute_single(0, ray.util.get_node_ip_address)
-        port = worker_group.execute_single(0, _free_port, address)
+        port = worker_group.execute_single(0, free_port, address)
         size = len(worker_group)
         ray.get([worker_group.execute_single_async(rank, _init_process_group, backend_config.backend or "gloo",
                                                    address, port, rank, size, backend_config.timeout_s)
