@@ -1,8 +1,7 @@
 """A finished run's best model, from whichever checkpoint layout the run wrote.
 
 A single-process run keeps ``<run>/checkpoint.pt``; a sharded run keeps per-range row files
-under ``<output>/ray_results/<run>/checkpoint_*`` (Ray Train) or ``epoch-*`` folders. Either
-way the best-on-valid parameters come back as one model in this process, so the whole
+under ``<output>/ray_results/<run>/checkpoint_*`` (Ray Train). Either way the best-on-valid parameters come back as one model in this process, so the whole
 table must fit here: evaluation of tables beyond one machine happens inside the run itself.
 """
 
@@ -14,17 +13,11 @@ import torch
 
 from distmap.config import Config
 from distmap.data.kg import KnowledgeGraph
-from distmap.dist.shard_checkpoint import COMMON, load_rows
+from distmap.dist.shard_checkpoint import COMMON, load_rows, newest_checkpoint
 from distmap.errors import DataError
 from distmap.models.model import KGEModel
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-
-
-def newest_sharded_checkpoint(root: Path) -> Path | None:
-    """The complete checkpoint folder (one with ``common.pt``) under ``root`` with the highest epoch."""
-    found = [path.parent for path in root.glob(f"*/{COMMON}")] if root.is_dir() else []
-    return max(found, key=lambda folder: load_checkpoint(folder / COMMON)["epoch"], default=None)
 
 
 def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[KGEModel, int]:
@@ -36,7 +29,7 @@ def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torc
         model.load_state_dict(saved["best_state"])
         return model, saved["best_epoch"]
     sharded_root = run_dir.parent / "ray_results" / run_dir.name
-    folder = newest_sharded_checkpoint(sharded_root) or newest_sharded_checkpoint(run_dir)
+    folder = newest_checkpoint(sharded_root)
     if folder is None:
         raise DataError(run_dir, f"no {CHECKPOINT_NAME} here and no sharded checkpoint under {sharded_root}")
     rows, _ = load_rows(folder, 0, kg.num_entities)

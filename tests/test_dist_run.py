@@ -17,7 +17,8 @@ from distmap.data.kg import KnowledgeGraph
 from distmap.data.prepare import prepare_dataset
 from distmap.data.shards import write_feature_shards
 from distmap.dist.collectives import free_port
-from distmap.dist.engine import ShardedEngine, latest_checkpoint, move_into
+from distmap.dist.engine import ShardedEngine, move_into
+from distmap.dist.shard_checkpoint import newest_checkpoint
 from distmap.train.fit import run
 from tests.conftest import ring_graph, write_triples
 from tests.test_dist import flat
@@ -34,7 +35,7 @@ def make_config(dataset: Path, out: Path, epochs: int) -> Config:
 
 def sharded_run(cfg: Config, ckpt_root: Path, restore: bool, result_file: Path) -> None:
     engine = ShardedEngine(cfg, KnowledgeGraph.load(cfg.data.path), torch.device("cpu"),
-                           latest_checkpoint(ckpt_root) if restore else None, move_into(ckpt_root))
+                           newest_checkpoint(ckpt_root) if restore else None, move_into(ckpt_root))
     result = run(engine, cfg, log=lambda _: None, chief=engine.rank == 0)
     if engine.rank == 0:
         block = engine.features["visual"]

@@ -145,12 +145,6 @@ def epoch_folder(root: Path, epoch: int) -> Path:
     return root / f"epoch-{epoch:06d}"
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete ``epoch-*`` folder under ``root`` (one with ``common.pt``), if any."""
-    done = sorted(p for p in root.glob("epoch-*") if (p / COMMON).exists()) if root.is_dir() else []
-    return done[-1] if done else None
-
-
 def move_into(root: Path) -> Publish:
     """A ``publish`` for a shared filesystem without Ray: every worker moves its files into
     ``root/epoch-<n>``, one folder per checkpoint so runs with different worker counts never mix."""

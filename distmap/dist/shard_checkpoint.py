@@ -40,6 +40,13 @@ def row_files(folder: Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
+def newest_checkpoint(root: Path) -> Path | None:
+    """The complete checkpoint folder (one with ``common.pt``) under ``root`` with the highest
+    epoch: Ray Train's ``checkpoint_*`` folders or ``move_into``'s ``epoch-*`` alike."""
+    found = [path.parent for path in root.glob(f"*/{COMMON}")] if root.is_dir() else []
+    return max(found, key=lambda folder: load_checkpoint(folder / COMMON)["epoch"], default=None)
+
+
 def save_rows(folder: Path, lo: int, hi: int, tensors: dict[str, Tensor]) -> Path:
     """Write this worker's row-shaped tensors (each with hi - lo rows), atomically."""
     for name, tensor in tensors.items():
