@@ -1,8 +1,11 @@
-"""Shared fixtures: a small synthetic knowledge graph with learnable structure."""
+"""Shared fixtures: a small synthetic knowledge graph with learnable structure; short folders for Ray."""
 
 from __future__ import annotations
 
 import random
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,11 @@ def ring_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = write_triples(base / "raw", ring_graph())
     prepare_dataset(raw, base / "dataset", log=lambda _: None)
     return base / "dataset"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """Ray's socket paths must stay under 108 bytes: pytest's tmp_path is too deep."""
+    path = Path(tempfile.mkdtemp(prefix="dm-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,9 +45,9 @@ def stop_session(session: int) -> None:
 
 
 @pytest.fixture
-def head() -> Iterator[tuple[str, int, Path]]:
+def head(short_dir: Path) -> Iterator[tuple[str, int, Path]]:
     """A Ray head on 127.0.0.1 in a session of its own (every head process inherits it)."""
-    temp = Path(tempfile.mkdtemp(prefix="dmjob-", dir="/tmp"))
+    temp = short_dir
     dashboard = free_port()
     start = subprocess.Popen([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
                               "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -63,7 +61,6 @@ def head() -> Iterator[tuple[str, int, Path]]:
         yield f"http://127.0.0.1:{dashboard}", start.pid, temp
     finally:
         stop_session(start.pid)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_job_submit_trains_on_two_workers(ring_dataset: Path, head: tuple[str, int, Path]) -> None:

@@ -3,8 +3,6 @@ metrics, also when one worker is killed mid-run and Ray restarts the group from 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import mlflow
@@ -26,14 +24,6 @@ def make_config(dataset: Path, out: Path, **scale: object) -> Config:
                   "experiment": "ray", "run_name": "ray" if scale else "plain"},
         "scale": scale,
     })
-
-
-@pytest.fixture
-def short_dir() -> Path:
-    """Ray's socket paths must stay under 108 bytes: pytest's tmp_path is too deep."""
-    path = Path(tempfile.mkdtemp(prefix="dmray-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_two_ray_workers_match_the_plain_loop_through_a_crash(ring_dataset: Path, short_dir: Path,

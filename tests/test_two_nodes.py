@@ -11,10 +11,8 @@ none may be left after the cluster shuts down.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,14 +60,6 @@ def pending_placement_group() -> bool:
     from ray.util import placement_group_table
 
     return any(pg["state"] == "PENDING" for pg in placement_group_table().values())
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Ray's socket paths must stay under 108 bytes: pytest's tmp_path is too deep."""
-    path = Path(tempfile.mkdtemp(prefix="dm2n-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
