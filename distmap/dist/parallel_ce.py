@@ -6,7 +6,7 @@ sum of exp, target logit; a fourth for label smoothing), never the full score ma
 gradient with respect to the local scores is local: softmax minus one-hot, as usual.
 
 Same value and gradient as ``F.cross_entropy(scores, targets, weight, label_smoothing=eps)``
-(mean reduction) on the unsharded scores; tests/test_parallel_ce.py checks it on two workers.
+(mean reduction) on the unsharded scores; tests/test_parallel_ce.py checks it on two and three workers.
 """
 
 from __future__ import annotations
