@@ -2,7 +2,7 @@
 
 The same config (ComplEx, Adagrad lr 0.1, N3 5e-3, as ``train_speed.py``) runs through
 ``distmap.train.fit.fit`` (one process, ``local_step``) and through
-``distmap.dist.trainer.fit_distributed`` with ``scale.workers = 1`` (a Ray Train worker with
+``distmap.distributed.trainer.fit_distributed`` with ``scale.workers = 1`` (a Ray Train worker with
 the whole table: ``ShardedEngine``, ``sharded_step``, the vocab-parallel loss), alternately,
 ``--rounds`` times each. Epoch times come from each run's ``metrics.json``; the first epoch
 of every run is a warm-up and is left out. Ray's start-up and teardown are reported apart:
@@ -21,7 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -29,7 +29,7 @@ import torch
 from distmap.config import Config, config_from_dict
 from distmap.data.kg import KnowledgeGraph
 from distmap.data.prepare import prepare_dataset
-from distmap.dist.trainer import fit_distributed
+from distmap.distributed.trainer import fit_distributed
 from distmap.train.fit import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +37,22 @@ TARGET_SLOWDOWN = 1.10
 
 
 def make_config(dataset: Path, out: Path, args: argparse.Namespace, workers: int) -> Config:
-    return config_from_dict({
-        "data": {"path": str(dataset)},
-        "model": {"name": "complex", "rank": args.rank},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": 0.1, "reg_weight": 5e-3,
-                  "valid_every": args.epochs, "threads": args.threads},
-        "track": {"enabled": False, "output_dir": str(out), "run_name": f"{'ray' if workers else 'plain'}"},
-        "scale": {"workers": workers, "cpus_per_worker": args.threads},
-    })
+    return config_from_dict(
+        {
+            "data": {"path": str(dataset)},
+            "model": {"name": "complex", "rank": args.rank},
+            "train": {
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": 0.1,
+                "reg_weight": 5e-3,
+                "valid_every": args.epochs,
+                "threads": args.threads,
+            },
+            "track": {"enabled": False, "output_dir": str(out), "run_name": f"{'ray' if workers else 'plain'}"},
+            "scale": {"workers": workers, "cpus_per_worker": args.threads},
+        }
+    )
 
 
 def timed_run(cfg: Config) -> tuple[list[float], float]:
@@ -82,23 +90,31 @@ def main() -> None:
                 seconds, wall = timed_run(make_config(dataset, out, args, workers))
                 epochs[path] += seconds
                 walls[path].append(wall)
-                print(f"  round {round_ + 1} {path}: epochs {', '.join(f'{s:.2f}' for s in seconds)} s, "
-                      f"run {wall:.1f} s", flush=True)
+                print(
+                    f"  round {round_ + 1} {path}: epochs {', '.join(f'{s:.2f}' for s in seconds)} s, run {wall:.1f} s",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     plain, ray = statistics.median(epochs["plain"]), statistics.median(epochs["ray"])
     examples = 2 * len(kg.train)
-    print(f"\n**ray_path** {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · torch {torch.__version__} · "
-          f"{args.threads} threads · WN9-IMG {kg.num_entities:,} entities, {examples:,} examples/epoch · "
-          f"ComplEx rank {args.rank}, batch {args.batch_size} · median of {len(epochs['plain'])} epochs per path\n")
+    print(
+        f"\n**ray_path** {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · torch {torch.__version__} · "
+        f"{args.threads} threads · WN9-IMG {kg.num_entities:,} entities, {examples:,} examples/epoch · "
+        f"ComplEx rank {args.rank}, batch {args.batch_size} · median of {len(epochs['plain'])} epochs per path\n"
+    )
     print("| path | epoch s (median) | examples/s | whole run s (median, incl. start-up and evaluation) |")
     print("|---|---|---|---|")
-    for key, name, value in (("plain", "plain loop (`fit`)", plain),
-                             ("ray", "Ray Train, 1 worker (`fit_distributed`)", ray)):
+    for key, name, value in (
+        ("plain", "plain loop (`fit`)", plain),
+        ("ray", "Ray Train, 1 worker (`fit_distributed`)", ray),
+    ):
         print(f"| {name} | {value:.2f} | {examples / value:,.0f} | {statistics.median(walls[key]):.1f} |")
     ratio = ray / plain
-    print(f"\nRay epoch / plain epoch = {ratio:.3f}; target ≤ {TARGET_SLOWDOWN:.2f}: "
-          f"{'met' if ratio <= TARGET_SLOWDOWN else 'NOT met'}")
+    print(
+        f"\nRay epoch / plain epoch = {ratio:.3f}; target ≤ {TARGET_SLOWDOWN:.2f}: "
+        f"{'met' if ratio <= TARGET_SLOWDOWN else 'NOT met'}"
+    )
     raise SystemExit(0 if ratio <= TARGET_SLOWDOWN else 1)
 
 

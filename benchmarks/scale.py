@@ -22,7 +22,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ import torch.multiprocessing as mp
 from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
 
 from distmap.config import ModelConfig
-from distmap.dist.collectives import free_port
-from distmap.dist.partition import row_ranges
-from distmap.dist.sharded import sharded_step, sync_replicated_grads
+from distmap.distributed.collectives import free_port
+from distmap.distributed.partition import row_ranges
+from distmap.distributed.sharded import sharded_step, sync_replicated_grads
 from distmap.models.interactions import make_interaction
 from distmap.models.zoo import build_model
 from distmap.train.fit import make_optimizer
@@ -72,7 +72,7 @@ class WorkerReport:
 
 def count_collectives(totals: dict[str, int]) -> None:
     """Wrap ``dist.all_reduce`` / ``dist.all_gather`` to add up their payloads (bytes per call:
-    the reduced tensor; the gathered tensors). ``distmap.dist`` looks them up at call time."""
+    the reduced tensor; the gathered tensors). ``distmap.distributed`` looks them up at call time."""
     all_reduce, all_gather = dist.all_reduce, dist.all_gather
 
     def counted_reduce(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -90,9 +90,14 @@ def synthetic_examples(case: Case) -> torch.Tensor:
     """Uniform random (h, r, t) with reciprocal relation ids, the same on every worker (seeded)."""
     g = torch.Generator().manual_seed(case.seed)
     n = case.batch_size * (case.steps + 1)
-    return torch.stack([torch.randint(0, case.num_entities, (n,), generator=g),
-                        torch.randint(0, 2 * NUM_RELATIONS, (n,), generator=g),
-                        torch.randint(0, case.num_entities, (n,), generator=g)], dim=1)
+    return torch.stack(
+        [
+            torch.randint(0, case.num_entities, (n,), generator=g),
+            torch.randint(0, 2 * NUM_RELATIONS, (n,), generator=g),
+            torch.randint(0, case.num_entities, (n,), generator=g),
+        ],
+        dim=1,
+    )
 
 
 def peak_rss() -> int:
@@ -109,12 +114,17 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
     count_collectives(totals)
     try:
         lo, hi = row_ranges(case.num_entities, case.workers)[rank]
-        model = build_model(ModelConfig(name=case.model, rank=case.rank, init_scale=1e-3), case.num_entities,
-                            NUM_RELATIONS, seed=case.seed, entity_range=(lo, hi))
+        model = build_model(
+            ModelConfig(name=case.model, rank=case.rank, init_scale=1e-3),
+            case.num_entities,
+            NUM_RELATIONS,
+            seed=case.seed,
+            entity_range=(lo, hi),
+        )
         optimizer = make_optimizer("adagrad", model.parameters(), 0.1)
         objective = Objective("n3", 0.05)
         examples = synthetic_examples(case)
-        warmup, timed = examples[: case.batch_size], examples[case.batch_size:]
+        warmup, timed = examples[: case.batch_size], examples[case.batch_size :]
         generator = torch.Generator().manual_seed(case.seed)
 
         def epoch(rows: torch.Tensor) -> float:
@@ -123,8 +133,9 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
                 sync: Callable[[], None] | None = None
             else:
                 step, sync = sharded_step(model, rows, objective), sync_replicated_grads(model)
-            stats = run_epoch(step, optimizer, len(rows), case.batch_size, generator, sync_grads=sync,
-                              show_progress=False)
+            stats = run_epoch(
+                step, optimizer, len(rows), case.batch_size, generator, sync_grads=sync, show_progress=False
+            )
             return stats.seconds
 
         epoch(warmup)  # allocates the optimizer state and warms the allocator and thread pool
@@ -133,10 +144,15 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
         weight = model.entities.weight
         state = optimizer.state[weight]
         report = WorkerReport(
-            rows=hi - lo, table_bytes=weight.numel() * weight.element_size(),
+            rows=hi - lo,
+            table_bytes=weight.numel() * weight.element_size(),
             optimizer_bytes=sum(v.numel() * v.element_size() for v in state.values() if torch.is_tensor(v)),
-            start_rss_bytes=start_rss, peak_rss_bytes=peak_rss(), seconds=seconds,
-            all_reduce_bytes=totals["all_reduce"] // case.steps, all_gather_bytes=totals["all_gather"] // case.steps)
+            start_rss_bytes=start_rss,
+            peak_rss_bytes=peak_rss(),
+            seconds=seconds,
+            all_reduce_bytes=totals["all_reduce"] // case.steps,
+            all_gather_bytes=totals["all_gather"] // case.steps,
+        )
         Path(out, f"rank{rank}.json").write_text(json.dumps(asdict(report)), encoding="utf-8")
     finally:
         if case.workers > 1:
@@ -146,19 +162,21 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
 def measure(case: Case) -> list[WorkerReport]:
     """Run ``case`` in fresh processes (so peak RSS is this case's alone)."""
     with tempfile.TemporaryDirectory(prefix="distmap-scale-") as out:
-        mp.start_processes(worker, args=(case, free_port(), out), nprocs=case.workers, join=True,
-                           start_method="spawn")
-        return [WorkerReport(**json.loads(Path(out, f"rank{r}.json").read_text(encoding="utf-8")))
-                for r in range(case.workers)]
+        mp.start_processes(worker, args=(case, free_port(), out), nprocs=case.workers, join=True, start_method="spawn")
+        return [
+            WorkerReport(**json.loads(Path(out, f"rank{r}.json").read_text(encoding="utf-8")))
+            for r in range(case.workers)
+        ]
 
 
 @dataclass(frozen=True)
 class StepBytes:
     """Collective payload bytes per step and worker for a global batch ``batch`` over P workers.
 
-    The sharded step's collectives (``distmap.dist.sharded``): heads+tails ids gathered (2B longs), their rows summed (2B·d floats), queries gathered (B·d), targets
-    gathered (B longs), three per-query softmax sums (3B floats), the penalty (1 float); backward:
-    query gradients (B·d) and row gradients (2B·d) summed, relation gradients summed (2R·d).
+    The sharded step's collectives (``distmap.distributed.sharded``): heads+tails ids gathered
+    (2B longs), their rows summed (2B·d floats), queries gathered (B·d), targets gathered (B longs),
+    three per-query softmax sums (3B floats), the penalty (1 float); backward: query gradients
+    (B·d) and row gradients (2B·d) summed, relation gradients summed (2R·d).
     All-gathers are padded to the largest slice, ceil(B/P) rows per worker.
     """
 
@@ -216,28 +234,41 @@ def run_table(args: argparse.Namespace) -> bool:
             ok &= share_ok and throughput_ok
             measured = StepBytes(reports[0].all_reduce_bytes, reports[0].all_gather_bytes)
             dim = reports[0].table_bytes // reports[0].rows // FLOAT
-            growth = " / ".join(f"{gib(r.peak_rss_bytes - r.start_rss_bytes)} ({gib(memory_estimate(r.rows, dim, args.batch_size, p))})"
-                                for r in reports)
+            growth = " / ".join(
+                f"{gib(r.peak_rss_bytes - r.start_rss_bytes)} ({gib(memory_estimate(r.rows, dim, args.batch_size, p))})"
+                for r in reports
+            )
             predicted = StepBytes.predict(args.batch_size, p, dim, 2 * NUM_RELATIONS)
-            ok &= all(r.peak_rss_bytes - r.start_rss_bytes <= memory_estimate(r.rows, dim, args.batch_size, p)
-                      for r in reports)
+            ok &= all(
+                r.peak_rss_bytes - r.start_rss_bytes <= memory_estimate(r.rows, dim, args.batch_size, p)
+                for r in reports
+            )
+            held = " / ".join(gib(r.table_bytes + r.optimizer_bytes) for r in reports)
+            peaks = " / ".join(gib(r.peak_rss_bytes) for r in reports)
             rows.append(
-                f"| {n:,} | {p} | {case.threads} | {' / '.join(gib(r.table_bytes + r.optimizer_bytes) for r in reports)}"
+                f"| {n:,} | {p} | {case.threads} | {held}"
                 f" | {' / '.join(f'{s:.3f}' for s in shares)} {'✓' if share_ok else '✗'}"
-                f" | {' / '.join(gib(r.peak_rss_bytes) for r in reports)} | {growth} | {1000 * seconds / args.steps:.0f}"
+                f" | {peaks} | {growth} | {1000 * seconds / args.steps:.0f}"
                 f" | {rate:,.0f} | {ratio:.2f}{'' if p == 1 else (' ✓' if throughput_ok else ' ✗')}"
                 f" | {(measured.all_reduce + measured.all_gather) / 2**20:.2f}"
-                f" ({(predicted.all_reduce + predicted.all_gather) / 2**20:.2f}) |")
+                f" ({(predicted.all_reduce + predicted.all_gather) / 2**20:.2f}) |"
+            )
             print(f"  done N={n:,} P={p}: {rate:,.0f} triples/s", flush=True)
-    print(f"\n{args.model} rank {args.rank}, batch {args.batch_size}, Adagrad + N3, {args.steps} timed steps; "
-          f"{NUM_RELATIONS} relations (+ reciprocals)\n")
-    print("| entities | P | threads/worker | table+optimizer GiB per worker | share of whole | peak RSS GiB "
-          "per worker | step growth of RSS GiB (upper estimate) | step ms | triples/s | vs P=1 "
-          "| collective MiB/step/worker (predicted) |")
+    print(
+        f"\n{args.model} rank {args.rank}, batch {args.batch_size}, Adagrad + N3, {args.steps} timed steps; "
+        f"{NUM_RELATIONS} relations (+ reciprocals)\n"
+    )
+    print(
+        "| entities | P | threads/worker | table+optimizer GiB per worker | share of whole | peak RSS GiB "
+        "per worker | step growth of RSS GiB (upper estimate) | step ms | triples/s | vs P=1 "
+        "| collective MiB/step/worker (predicted) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
-    print(f"\nchecks: share = 1/P ± {TARGET_SHARE_TOLERANCE:.0%}; P=2 (1 thread each) ≥ {TARGET_P2_THROUGHPUT}× "
-          f"the triples/s of P=1 (2 threads); RSS growth ≤ its estimate: {'all met' if ok else 'NOT all met'}")
+    print(
+        f"\nchecks: share = 1/P ± {TARGET_SHARE_TOLERANCE:.0%}; P=2 (1 thread each) ≥ {TARGET_P2_THROUGHPUT}× "
+        f"the triples/s of P=1 (2 threads); RSS growth ≤ its estimate: {'all met' if ok else 'NOT all met'}"
+    )
     return ok
 
 
@@ -245,12 +276,16 @@ def project(args: argparse.Namespace) -> None:
     """Per-GPU memory and per-step bytes for ``--project`` entities: the formulas checked above, on paper."""
     n, dim = args.project, make_interaction(args.model).entity_dim(args.rank)
     budget = args.gpu_memory_gib * 2**30 - CUDA_RESERVE
-    print(f"\nprojection: {n:,} entities, {args.model} rank {args.rank} ({dim} floats/row), float32, Adagrad, "
-          f"{args.project_relations:,} relations, global batch B = {args.project_batch:,}, "
-          f"{args.gpu_memory_gib} GiB per GPU ({gib(CUDA_RESERVE)} GiB kept for the CUDA context)\n")
-    print("| GPUs | rows/GPU | table + Adagrad GiB | gradients GiB (2 tables) | score block GiB (B × rows) "
-          "| est. peak GiB/GPU | fits? | largest B that fits | collective payload MiB/step/GPU "
-          "| ring MiB sent/step/GPU | scoring GEMM TFLOP/step/GPU |")
+    print(
+        f"\nprojection: {n:,} entities, {args.model} rank {args.rank} ({dim} floats/row), float32, Adagrad, "
+        f"{args.project_relations:,} relations, global batch B = {args.project_batch:,}, "
+        f"{args.gpu_memory_gib} GiB per GPU ({gib(CUDA_RESERVE)} GiB kept for the CUDA context)\n"
+    )
+    print(
+        "| GPUs | rows/GPU | table + Adagrad GiB | gradients GiB (2 tables) | score block GiB (B × rows) "
+        "| est. peak GiB/GPU | fits? | largest B that fits | collective payload MiB/step/GPU "
+        "| ring MiB sent/step/GPU | scoring GEMM TFLOP/step/GPU |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for gpus in args.gpus:
         rows = -(-n // gpus)
@@ -259,9 +294,11 @@ def project(args: argparse.Namespace) -> None:
         largest = max(0, int((budget - TABLE_COPIES * table) // (2 * rows * FLOAT)))
         step = StepBytes.predict(args.project_batch, gpus, dim, 2 * args.project_relations)
         flops = 3 * 2 * args.project_batch * rows * dim
-        print(f"| {gpus} | {rows:,} | {gib(2 * table)} | {gib(2 * table)} | {gib(scores)} | {gib(peak)} "
-              f"| {'yes' if peak <= budget else 'no'} | {largest:,} | {(step.all_reduce + step.all_gather) / 2**20:.1f} "
-              f"| {step.ring_traffic(gpus) / 2**20:.1f} | {flops / 1e12:.1f} |")
+        print(
+            f"| {gpus} | {rows:,} | {gib(2 * table)} | {gib(2 * table)} | {gib(scores)} | {gib(peak)} "
+            f"| {'yes' if peak <= budget else 'no'} | {largest:,} | {(step.all_reduce + step.all_gather) / 2**20:.1f} "
+            f"| {step.ring_traffic(gpus) / 2**20:.1f} | {flops / 1e12:.1f} |"
+        )
 
 
 CUDA_RESERVE = 2 * 2**30
@@ -288,8 +325,11 @@ def main() -> None:
     parser.add_argument("--gpu-memory-gib", type=float, default=79.0, help="per GPU (an 80 GB H100 shows ~79)")
     parser.add_argument("--skip-measure", action="store_true", help="print only the projection")
     args = parser.parse_args()
-    print(f"# benchmarks/scale.py · {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC · {cpu_name()}"
-          f" · {os.cpu_count()} CPUs · torch {torch.__version__}", flush=True)
+    print(
+        f"# benchmarks/scale.py · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu_name()}"
+        f" · {os.cpu_count()} CPUs · torch {torch.__version__}",
+        flush=True,
+    )
     ok = True if args.skip_measure else run_table(args)
     project(args)
     raise SystemExit(0 if ok else 1)

@@ -13,6 +13,7 @@ Prints one markdown table; each target is checked against the measured numbers.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import platform
@@ -21,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -107,8 +108,14 @@ def time_distmap_eval(model: KGEModel, kg: KnowledgeGraph, batch_size: int, repe
     build_seconds = time.perf_counter() - start
     model.eval()
     seconds = median_time(
-        lambda: evaluate(model.score, kg.test, num_relations=kg.num_relations, filter_index=index,
-                         num_entities=kg.num_entities, batch_size=batch_size),
+        lambda: evaluate(
+            model.score,
+            kg.test,
+            num_relations=kg.num_relations,
+            filter_index=index,
+            num_entities=kg.num_entities,
+            batch_size=batch_size,
+        ),
         repeats,
     )
     return seconds, build_seconds
@@ -132,7 +139,11 @@ def time_scoring_gemms(model: KGEModel, batch: int, repeats: int) -> tuple[float
     num_entities, dim = model.entities.weight.shape
     q, e, d_scores = torch.randn(batch, dim), torch.randn(num_entities, dim), torch.randn(batch, num_entities)
     q_leaf, e_leaf = q.clone().requires_grad_(), e.clone().requires_grad_()
-    out_scores, out_dq, out_de = torch.empty(num_entities, batch), torch.empty(batch, dim), torch.empty(num_entities, dim)
+    out_scores, out_dq, out_de = (
+        torch.empty(num_entities, batch),
+        torch.empty(batch, dim),
+        torch.empty(num_entities, dim),
+    )
 
     def bare() -> None:
         torch.matmul(e, q.T, out=out_scores)
@@ -169,8 +180,9 @@ def pykeen_model(kg: KnowledgeGraph, rank: int) -> tuple[Any, Any]:
     from pykeen.triples import CoreTriplesFactory
 
     factory = CoreTriplesFactory(kg.train, kg.num_entities, kg.num_relations, create_inverse_triples=True)
-    model = ComplEx(triples_factory=factory, embedding_dim=rank, loss="crossentropy", regularizer=None,
-                    random_seed=SEED)
+    model = ComplEx(
+        triples_factory=factory, embedding_dim=rank, loss="crossentropy", regularizer=None, random_seed=SEED
+    )
     return model, factory
 
 
@@ -193,12 +205,21 @@ def time_pykeen_epoch(model: Any, factory: Any, batch_size: int, repeats: int) -
             self.stamps.append(time.perf_counter())
 
     clock = EpochClock()
-    loop = LCWATrainingLoop(model=model, triples_factory=factory,
-                            optimizer=torch.optim.Adagrad(model.get_grad_params(), lr=LR),
-                            automatic_memory_optimization=False)
-    loop.train(triples_factory=factory, num_epochs=1 + repeats, batch_size=batch_size, use_tqdm=False,
-               pin_memory=False, callbacks=clock)
-    epoch_seconds = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    loop = LCWATrainingLoop(
+        model=model,
+        triples_factory=factory,
+        optimizer=torch.optim.Adagrad(model.get_grad_params(), lr=LR),
+        automatic_memory_optimization=False,
+    )
+    loop.train(
+        triples_factory=factory,
+        num_epochs=1 + repeats,
+        batch_size=batch_size,
+        use_tqdm=False,
+        pin_memory=False,
+        callbacks=clock,
+    )
+    epoch_seconds = [b - a for a, b in itertools.pairwise(clock.stamps)]
     return EpochTiming(statistics.median(epoch_seconds), len(LCWAInstances.from_triples_factory(factory)))
 
 
@@ -210,8 +231,9 @@ def time_pykeen_eval(model: Any, kg: KnowledgeGraph, batch_size: int, repeats: i
     logging.getLogger("torch_max_mem").setLevel(logging.ERROR)
     evaluator = RankBasedEvaluator(filtered=True)
     return median_time(
-        lambda: evaluator.evaluate(model, kg.test, batch_size=batch_size,
-                                   additional_filter_triples=[kg.train, kg.valid], use_tqdm=False),
+        lambda: evaluator.evaluate(
+            model, kg.test, batch_size=batch_size, additional_filter_triples=[kg.train, kg.valid], use_tqdm=False
+        ),
         repeats,
     )
 
@@ -241,12 +263,14 @@ def speedup_row(name: str, ours: str, theirs: str | None, ratio: float | None, t
 
 
 def header(kg: KnowledgeGraph, args: argparse.Namespace, pykeen_version: str | None) -> str:
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     pykeen = f"PyKEEN {pykeen_version} (LCWA, no regularizer)" if pykeen_version else "PyKEEN skipped"
-    return (f"**train_speed** {date} · torch {torch.__version__} · threads: {torch.get_num_threads()} · "
-            f"CPU: {cpu_name()} · {kg.root.name}: {kg.num_entities:,} entities, {kg.num_relations} relations · "
-            f"ComplEx rank {args.rank}, batch {args.batch_size}, Adagrad lr {LR}, distmap N3 {N3_WEIGHT:g} · "
-            f"{pykeen} · median of {args.repeats} after 1 warm-up")
+    return (
+        f"**train_speed** {date} · torch {torch.__version__} · threads: {torch.get_num_threads()} · "
+        f"CPU: {cpu_name()} · {kg.root.name}: {kg.num_entities:,} entities, {kg.num_relations} relations · "
+        f"ComplEx rank {args.rank}, batch {args.batch_size}, Adagrad lr {LR}, distmap N3 {N3_WEIGHT:g} · "
+        f"{pykeen} · median of {args.repeats} after 1 warm-up"
+    )
 
 
 def epoch_cell(timing: EpochTiming) -> str:
@@ -285,8 +309,13 @@ def run(args: argparse.Namespace) -> str:
         f"| {verdict(gemm_fraction, TARGET_GEMM_FRACTION, f'≥ {TARGET_GEMM_FRACTION:.0%}')} |",
         f"| whole epoch: scoring-GEMM FLOPs / epoch time (GFLOP/s) | {epoch_gflops:.1f} | {peak_gflops:.1f} "
         f"| {epoch_gflops / peak_gflops:.0%} | — |",
-        speedup_row(f"filtered eval, test both directions, batch {args.batch_size} (s)", f"{eval_s:.2f} s",
-                    their_eval_cell, eval_ratio, TARGET_EVAL_SPEEDUP),
+        speedup_row(
+            f"filtered eval, test both directions, batch {args.batch_size} (s)",
+            f"{eval_s:.2f} s",
+            their_eval_cell,
+            eval_ratio,
+            TARGET_EVAL_SPEEDUP,
+        ),
         f"| filter index build, once per run (s) | {filter_build_s:.3f} s | — | — | — |",
     ]
     return "\n".join([header(kg, args, pykeen_version), "", *rows])
@@ -298,8 +327,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1000, help="training and evaluation batch size")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--dataset", type=Path, default=None,
-                        help="a prepared dataset directory (default: prepare data/raw/wn9-img into a temp dir)")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=None,
+        help="a prepared dataset directory (default: prepare data/raw/wn9-img into a temp dir)",
+    )
     parser.add_argument("--skip-pykeen", action="store_true", help="measure distmap and the matmul peak only")
     args = parser.parse_args()
     if min(args.rank, args.batch_size, args.repeats) < 1 or (args.threads is not None and args.threads < 1):

@@ -7,10 +7,13 @@ exit with status 2; only bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 from pathlib import Path
 
 from distmap.errors import DistmapError
+from distmap.track import COMMAND_ENV
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -37,7 +40,7 @@ def _train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.set)
     if cfg.scale.workers:
-        from distmap.dist.trainer import fit_distributed
+        from distmap.distributed.trainer import fit_distributed
 
         fit_distributed(cfg)
     else:
@@ -76,37 +79,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="raw TSV folder (train/valid/test) -> dataset directory")
-    p.add_argument("raw_dir")
-    p.add_argument("out_dir")
+    p.add_argument("raw_dir", help="folder with train/valid/test.tsv[.gz] (h, r, t per line)")
+    p.add_argument("out_dir", help="dataset directory to write (Parquet triples, tables, manifest.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
     p.set_defaults(func=_prepare)
 
     feats = sub.add_parser("features", help="add a feature modality to a dataset directory")
     fsub = feats.add_subparsers(dest="features_command", required=True)
     p = fsub.add_parser("text", help="embed per-entity text with the offline MiniLM encoder")
-    p.add_argument("dataset")
+    p.add_argument("dataset", help="a dataset directory written by `distmap prepare`")
     p.add_argument("--source", required=True, help="TSV with a header; first column = entity name")
     p.add_argument("--columns", help="comma-separated text columns to join (default: all but the first)")
-    p.add_argument("--modality", default="text")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--modality", default="text", help="feature modality name to write (default: text)")
+    p.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch (default: 64)")
     p.set_defaults(func=_features_text)
     p = fsub.add_parser("import", help="import a feature matrix (.npy or .parquet) for any modality")
-    p.add_argument("dataset")
+    p.add_argument("dataset", help="a dataset directory written by `distmap prepare`")
     p.add_argument("--modality", required=True, help="e.g. visual")
-    p.add_argument("--file", required=True)
+    p.add_argument("--file", required=True, help=".npy (N, D) float matrix or Parquet file of features")
     p.add_argument("--id-column", help="Parquet column of entity names (else rows are in sorted-entity order)")
     p.set_defaults(func=_features_import)
 
     p = sub.add_parser("train", help="train and evaluate a model from a YAML config")
-    p.add_argument("config")
+    p.add_argument("config", help="YAML run config, e.g. configs/wn9img/complex.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.05")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint (filtered ranking)")
-    p.add_argument("run_dir")
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--tie", choices=["realistic", "optimistic", "pessimistic"])
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("run_dir", help="a run folder written by `distmap train` (runs/<name>)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split to rank (default: test)")
+    p.add_argument(
+        "--tie",
+        choices=["realistic", "optimistic", "pessimistic"],
+        help="how a tied score ranks: mean of best and worst (realistic), best, or worst (as kbc, OTKGE)",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="markdown table of finished runs: mean ± std over seeds, paper beside")
@@ -117,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # MLflow runs are tagged with the command that made them, also on Ray workers (see distmap.track).
+    os.environ.setdefault(COMMAND_ENV, shlex.join(["distmap", *(sys.argv[1:] if argv is None else argv)]))
     try:
         args.func(args)
     except DistmapError as err:

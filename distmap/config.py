@@ -130,8 +130,9 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """``{"train.lr": 0.1, ...}``: the form MLflow params take."""
-        return {f"{section}.{key}": value for section, values in self.to_dict().items()
-                for key, value in values.items()}
+        return {
+            f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -139,7 +140,7 @@ class Config:
 
 def _require(ok: bool, key: str, problem: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}: {problem}")
+        raise ConfigError(f"{key}: {problem}", key)
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -148,11 +149,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin is Literal:
         if value not in typing.get_args(hint):
             choices = ", ".join(repr(c) for c in typing.get_args(hint))
-            raise ConfigError(f"{key}: {value!r} is not one of {choices}")
+            raise ConfigError(f"{key}: {value!r} is not one of {choices}", key)
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}", key)
         (item,) = typing.get_args(hint)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
@@ -161,37 +162,37 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key}: {value!r} does not match {hint}")
+        raise ConfigError(f"{key}: {value!r} does not match {hint}", key)
     if hint is type(None):
         if value is not None:
-            raise ConfigError(f"{key}: expected null")
+            raise ConfigError(f"{key}: expected null", key)
         return None
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}", key)
     return value
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
     where = prefix or "top level"
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}", prefix or None)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"{key}: unknown key (known in {where}: {', '.join(fields)})")
+        raise ConfigError(f"{key}: unknown key (known in {where}: {', '.join(fields)})", key)
     kwargs = {}
     for name, f in fields.items():
         key = f"{prefix}.{name}" if prefix else name
         if name in values:
             kwargs[name] = _coerce(values[name], hints[name], key)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key}: required key is missing")
+            raise ConfigError(f"{key}: required key is missing", key)
     obj = cls(**kwargs)
     if hasattr(obj, "check"):
         obj.check()
@@ -201,7 +202,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one ``section.key=value`` override; the value is parsed as YAML (``0.1``, ``true``)."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. train.lr=0.05")
+        raise ConfigError(f"--set {assignment}: expected key=value, e.g. train.lr=0.05")
     path, text = assignment.split("=", 1)
     *sections, leaf = path.strip().split(".")
     node = raw
@@ -216,11 +217,25 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     try:
         return _build(Config, raw, "")
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {err}", err.key) from None
+
+
+def _override_for(key: str | None, overrides: list[str]) -> str | None:
+    """The last ``--set`` argument that set ``key`` or a section above it (it won over the file)."""
+    if key is None:
+        return None
+    for assignment in reversed(overrides):
+        path = assignment.split("=", 1)[0].strip()
+        if key == path or key.startswith(path + ".") or path.startswith(key + "."):
+            return assignment
+    return None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
-    """Read a YAML config, apply ``--set`` overrides, and validate the whole thing."""
+    """Read a YAML config, apply ``--set`` overrides, and validate the whole thing.
+
+    An error caused by an override names that ``--set`` argument, not the file it did not come from.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -232,8 +247,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for assignment in overrides:
-        try:
-            apply_override(raw, assignment)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-    return config_from_dict(raw, str(path))
+        apply_override(raw, assignment)
+    try:
+        return _build(Config, raw, "")
+    except ConfigError as err:
+        culprit = _override_for(err.key, list(overrides))
+        where = f"--set {culprit}" if culprit else str(path)
+        raise ConfigError(f"{where}: {err}", err.key) from None

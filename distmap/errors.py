@@ -21,4 +21,9 @@ class DataError(DistmapError):
 
 
 class ConfigError(DistmapError):
-    """A bad configuration key or value; the message names the key and the file."""
+    """A bad configuration key or value; the message names the key and where it came from (a file
+    or a ``--set`` argument). ``key`` is the dotted key at fault, when there is one."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(message)

@@ -12,10 +12,18 @@ from distmap.errors import DataError
 
 # ICASSP 2025 MAP paper, Table 1 (filtered, test): MRR, H@1, H@3, H@10. Reference values, not ours.
 PAPER: dict[str, dict[str, tuple[float, float, float, float]]] = {
-    "fb-img": {"transe": (.712, .618, .781, .859), "distmult": (.706, .606, .742, .808),
-               "complex": (.808, .757, .845, .892), "rotate": (.794, .744, .827, .883)},
-    "wn9-img": {"transe": (.865, .765, .816, .871), "distmult": (.901, .895, .913, .925),
-                "complex": (.908, .903, .907, .928), "rotate": (.910, .901, .915, .926)},
+    "fb-img": {
+        "transe": (0.712, 0.618, 0.781, 0.859),
+        "distmult": (0.706, 0.606, 0.742, 0.808),
+        "complex": (0.808, 0.757, 0.845, 0.892),
+        "rotate": (0.794, 0.744, 0.827, 0.883),
+    },
+    "wn9-img": {
+        "transe": (0.865, 0.765, 0.816, 0.871),
+        "distmult": (0.901, 0.895, 0.913, 0.925),
+        "complex": (0.908, 0.903, 0.907, 0.928),
+        "rotate": (0.910, 0.901, 0.915, 0.926),
+    },
 }
 METRICS = ("mrr", "hits@1", "hits@3", "hits@10")
 REQUIRED = ("dataset", "model", "modalities", "test", "test_both_by_tie", "best_epoch", "train_seconds")
@@ -48,8 +56,10 @@ def results_table(runs: list[dict[str, Any]]) -> str:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
         groups[(run["dataset"], run["model"], "+".join(run["modalities"]))].append(run)
-    header = ("| dataset | model | modalities | seeds | MRR | H@1 | H@3 | H@10 | MRR (pessimistic ties) "
-              "| paper MRR / H@1 / H@3 / H@10 | epochs (best) | train s/run |")
+    header = (
+        "| dataset | model | modalities | seeds | MRR | H@1 | H@3 | H@10 | MRR (pessimistic ties) "
+        "| paper MRR / H@1 / H@3 / H@10 | epochs (best) | train s/run |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (dataset, model, modalities), members in sorted(groups.items()):
         cells = [_mean_std([r["test"]["both"][m] for r in members]) for m in METRICS]
@@ -58,6 +68,9 @@ def results_table(runs: list[dict[str, Any]]) -> str:
         paper_cell = " / ".join(f"{v:.3f}" for v in paper) if paper else "—"
         epochs = ", ".join(str(r["best_epoch"]) for r in members)
         seconds = statistics.mean(r["train_seconds"] for r in members)
-        lines.append(f"| {dataset} | {model} | {modalities} | {len(members)} | " + " | ".join(cells)
-                     + f" | {pess} | {paper_cell} | {epochs} | {seconds:.0f} |")
+        lines.append(
+            f"| {dataset} | {model} | {modalities} | {len(members)} | "
+            + " | ".join(cells)
+            + f" | {pess} | {paper_cell} | {epochs} | {seconds:.0f} |"
+        )
     return "\n".join(lines)

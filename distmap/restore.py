@@ -1,8 +1,9 @@
 """A finished run's best model, from whichever checkpoint layout the run wrote.
 
 A single-process run keeps ``<run>/checkpoint.pt``; a sharded run keeps per-range row files
-under ``<output>/ray_results/<run>/checkpoint_*`` (Ray Train). Either way the best-on-valid parameters come back as one model in this process, so the whole
-table must fit here: evaluation of tables beyond one machine happens inside the run itself.
+under ``<output>/ray_results/<run>/checkpoint_*`` (Ray Train). Either way the best-on-valid
+parameters come back as one model in this process, so the whole table must fit here:
+evaluation of tables beyond one machine happens inside the run itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 
 from distmap.config import Config
 from distmap.data.kg import KnowledgeGraph
-from distmap.dist.shard_checkpoint import COMMON, load_rows, newest_checkpoint
+from distmap.distributed.shard_checkpoint import COMMON, load_rows, newest_checkpoint
 from distmap.errors import DataError
 from distmap.models.model import KGEModel
 from distmap.models.zoo import build_model

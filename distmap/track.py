@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shlex
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,22 @@ def _artifact_root(tracking_uri: str) -> str | None:
     """``sqlite:///x/mlflow.db`` -> ``file:///abs/x/mlartifacts``: artifacts stay beside the store."""
     db = sqlite_path(tracking_uri)
     return None if db is None else (db.parent.absolute() / "mlartifacts").as_uri()
+
+
+COMMAND_ENV = "DISTMAP_COMMAND"
+"""The command line that started a run, handed to Ray workers (whose own argv is Ray's worker script)."""
+
+
+def _create_store(tracking_uri: str) -> None:
+    """Create a fresh SQLite store with its artifact root beside it. Left to MLflow, the store's
+    auto-created "Default" experiment would get ``./mlruns`` under whatever folder the process
+    runs in: on a Ray worker, Ray's session folder."""
+    db = sqlite_path(tracking_uri)
+    if db is None or db.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(tracking_uri, _artifact_root(tracking_uri))
 
 
 @contextmanager
@@ -48,9 +66,13 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
 def _unfinished_run(mlflow: Any, experiment_id: str, run_name: str) -> str | None:
     """A run of this name left RUNNING by a killed process (before it saved a checkpoint holding
     its id): continue it rather than leave a run that never ends beside a new one."""
-    runs = mlflow.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}' "
-                              "and attributes.status = 'RUNNING'", order_by=["attributes.start_time DESC"],
-                              max_results=1, output_format="list")
+    runs = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     return runs[0].info.run_id if runs else None
 
 
@@ -72,15 +94,20 @@ class Tracker:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(self.cfg.tracking_uri)
         with _store_lock(self.cfg.tracking_uri):
+            _create_store(self.cfg.tracking_uri)
             experiment = mlflow.get_experiment_by_name(self.cfg.experiment)
-            experiment_id = (experiment.experiment_id if experiment else
-                             mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri)))
+            experiment_id = (
+                experiment.experiment_id
+                if experiment
+                else mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri))
+            )
             resumed = run_id or _unfinished_run(mlflow, experiment_id, run_name)
-            run = mlflow.start_run(run_id=resumed, run_name=None if resumed else run_name,
-                                   experiment_id=experiment_id)
+            run = mlflow.start_run(run_id=resumed, run_name=None if resumed else run_name, experiment_id=experiment_id)
         self.run_id = run.info.run_id
         if resumed is None:
             mlflow.log_params(params)
+            command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)
+            mlflow.set_tags({"mlflow.source.name": command, "distmap.command": command})
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

@@ -28,11 +28,14 @@ def ring_graph(n: int = 30, seed: int = 0) -> dict[str, list[tuple[str, str, str
     Deterministic relations, so a model that learns anything ranks test answers near the top.
     """
     names = [f"e{i:03d}" for i in range(n)]
-    triples = [(names[i], rel, names[(i + step) % n]) for i in range(n)
-               for rel, step in (("next", 1), ("skip", 2), ("opposite", n // 2))]
+    triples = [
+        (names[i], rel, names[(i + step) % n])
+        for i in range(n)
+        for rel, step in (("next", 1), ("skip", 2), ("opposite", n // 2))
+    ]
     random.Random(seed).shuffle(triples)
     k = len(triples) // 10
-    return {"train": triples[2 * k:], "valid": triples[:k], "test": triples[k:2 * k]}
+    return {"train": triples[2 * k :], "valid": triples[:k], "test": triples[k : 2 * k]}
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 only the standard library: Ray runs it in every worker process it starts (controller, helpers,
 train workers), so it must stay cheap there.
 
-Where ``$DISTMAP_TEST_PAUSE_DIR`` is set, ``distmap.dist.engine.ShardedEngine`` is patched when
+Where ``$DISTMAP_TEST_PAUSE_DIR`` is set, ``distmap.distributed.engine.ShardedEngine`` is patched when
 (and if) a process imports it: an engine not restored from a checkpoint stops at the start of epoch
 ``PAUSE_EPOCH`` until its process is killed, after writing ``paused-rank<r>``; an engine restored
 from a checkpoint writes ``restored-rank<r>``. Both files hold the worker's Ray node id.
@@ -21,7 +21,7 @@ from typing import Any
 
 PAUSE_DIR = "DISTMAP_TEST_PAUSE_DIR"
 PAUSE_EPOCH = 3  # the epoch after the first checkpoint (valid_every: 2)
-ENGINE = "distmap.dist.engine"
+ENGINE = "distmap.distributed.engine"
 
 
 def _node_id() -> str:

@@ -25,7 +25,8 @@ def test_ray_up_config_passes_rays_own_schema() -> None:
     validate_config(prepare_config(copy.deepcopy(config)))
     assert config["head_node_type"] in config["available_node_types"]
     assert {"worker.cpu", "worker.gpu"} <= set(config["available_node_types"])
-    assert RAY_VERSION in config["docker"]["image"] and RAY_VERSION in config["docker"]["worker_image"]
+    assert RAY_VERSION in config["docker"]["image"]
+    assert RAY_VERSION in config["docker"]["worker_image"]
     broken = copy.deepcopy(config)
     broken["available_node_types"]["worker.gpu"]["instance"] = "typo"
     with pytest.raises(Exception, match="Additional properties"):
@@ -46,7 +47,8 @@ def check_cluster_spec(spec: dict) -> None:
     for pod in pod_specs(spec):
         volumes = {v["name"] for v in pod.get("volumes", [])}
         for container in pod["containers"]:
-            assert container["name"] and container["image"]
+            assert container["name"]
+            assert container["image"]
             assert container["resources"]["limits"] == container["resources"]["requests"]
             assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes
 
@@ -56,7 +58,8 @@ def test_kuberay_raycluster() -> None:
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCluster")
     check_cluster_spec(manifest["spec"])
     gpu = [g for g in manifest["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu"]
-    assert gpu and "nvidia.com/gpu" in gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert gpu
+    assert "nvidia.com/gpu" in gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
 
 
 def test_kuberay_rayjob_entrypoint_runs_a_real_config() -> None:
@@ -69,4 +72,5 @@ def test_kuberay_rayjob_entrypoint_runs_a_real_config() -> None:
     assert (root / script).is_file()
     overrides = [rest[i + 1] for i, w in enumerate(rest) if w == "--set"]
     cfg = load_config(root / config, overrides)
-    assert cfg.scale.workers >= 1 and cfg.scale.address == "auto"
+    assert cfg.scale.workers >= 1
+    assert cfg.scale.address == "auto"

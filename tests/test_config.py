@@ -27,14 +27,19 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_loads_and_fills_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD))
-    assert cfg.model.rank == 32 and cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
-    assert cfg.train.batch_size == 1000 and cfg.track.tracking_uri.startswith("sqlite:///")
+    assert cfg.model.rank == 32
+    assert cfg.train.lr == 1.0
+    assert isinstance(cfg.train.lr, float)
+    assert cfg.train.batch_size == 1000
+    assert cfg.track.tracking_uri.startswith("sqlite:///")
     assert cfg.flat()["model.name"] == "complex"
 
 
 def test_overrides_are_typed(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, GOOD), ["train.lr=0.05", "model.name=rotate", "track.enabled=false"])
-    assert cfg.train.lr == 0.05 and cfg.model.name == "rotate" and cfg.track.enabled is False
+    assert cfg.train.lr == 0.05
+    assert cfg.model.name == "rotate"
+    assert cfg.track.enabled is False
 
 
 @pytest.mark.parametrize(
@@ -57,7 +62,17 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, overrides: list[str
     with pytest.raises(ConfigError) as err:
         load_config(path, overrides)
     message = str(err.value)
-    assert str(path) in message and key in message and problem in message
+    # A bad value from the command line names the --set argument; one from the file names the file.
+    assert message.startswith(f"--set {overrides[-1]}" if overrides else str(path))
+    assert key in message
+    assert problem in message
+
+
+def test_a_typo_on_the_command_line_is_not_blamed_on_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD), ["train.epoch=3"])
+    assert str(err.value).startswith("--set train.epoch=3: train.epoch: unknown key")
+    assert str(tmp_path) not in str(err.value)
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:

@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 
 from distmap.config import ModelConfig
 from distmap.data.kg import add_reciprocals
-from distmap.dist.collectives import free_port
-from distmap.dist.partition import owners, row_ranges
-from distmap.dist.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.distributed.collectives import free_port
+from distmap.distributed.partition import owners, row_ranges
+from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
 from distmap.models.zoo import build_model
 from distmap.train.evaluate import FilterIndex, evaluate
 from distmap.train.loop import Objective, StepLoss, local_step, run_epoch
@@ -28,8 +28,14 @@ N, R, STEPS_BATCH = 37, 3, 48
 
 def graph() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    triples = torch.stack([torch.randint(0, N, (160,), generator=g), torch.randint(0, R, (160,), generator=g),
-                           torch.randint(0, N, (160,), generator=g)], dim=1)
+    triples = torch.stack(
+        [
+            torch.randint(0, N, (160,), generator=g),
+            torch.randint(0, R, (160,), generator=g),
+            torch.randint(0, N, (160,), generator=g),
+        ],
+        dim=1,
+    )
     return triples[:120], triples[120:]
 
 
@@ -59,14 +65,27 @@ def train(name: str, rank: int, world_size: int, epochs: int = 2) -> dict[str, o
             run_epoch(recording(step, losses), optimizer, len(examples), STEPS_BATCH, generator)
         else:
             step = sharded_step(model, examples, objective)
-            run_epoch(recording(step, losses), optimizer, len(examples), STEPS_BATCH, generator,
-                      sync_grads=sync_replicated_grads(model), show_progress=False)
+            run_epoch(
+                recording(step, losses),
+                optimizer,
+                len(examples),
+                STEPS_BATCH,
+                generator,
+                sync_grads=sync_replicated_grads(model),
+                show_progress=False,
+            )
     known = add_reciprocals(torch.cat([train_triples, test_triples]), R)
     result = evaluate_sharded(model, test_triples, num_relations=R, filter_index=FilterIndex.build(known, N))
     state = optimizer.state[model.entities.weight]["sum"]
-    return {"losses": losses, "rows": model.entities.weight.detach().clone(), "relations": model.relations.detach(),
-            "optimizer_rows": state.shape[0], "range": (lo, hi), "gt": result.counts["tail"].gt,
-            "metrics": result.metrics}
+    return {
+        "losses": losses,
+        "rows": model.entities.weight.detach().clone(),
+        "relations": model.relations.detach(),
+        "optimizer_rows": state.shape[0],
+        "range": (lo, hi),
+        "gt": result.counts["tail"].gt,
+        "metrics": result.metrics,
+    }
 
 
 def _worker(rank: int, world_size: int, port: int, name: str, out: str) -> None:
@@ -122,4 +141,5 @@ def test_sharded_evaluation_equals_evaluator_without_a_group() -> None:
     known = FilterIndex.build(add_reciprocals(torch.cat([train_triples, test_triples]), R), N)
     a = evaluate_sharded(model, test_triples, num_relations=R, filter_index=known)
     b = evaluate(model.score, test_triples, num_relations=R, filter_index=known, num_entities=N)
-    assert torch.equal(a.counts["tail"].gt, b.counts["tail"].gt) and a.metrics == b.metrics
+    assert torch.equal(a.counts["tail"].gt, b.counts["tail"].gt)
+    assert a.metrics == b.metrics

@@ -16,32 +16,46 @@ from distmap.config import Config, config_from_dict
 from distmap.data.kg import KnowledgeGraph
 from distmap.data.prepare import prepare_dataset
 from distmap.data.shards import write_feature_shards
-from distmap.dist.collectives import free_port
-from distmap.dist.engine import ShardedEngine, move_into
-from distmap.dist.shard_checkpoint import newest_checkpoint
+from distmap.distributed.collectives import free_port
+from distmap.distributed.engine import ShardedEngine, move_into
+from distmap.distributed.shard_checkpoint import newest_checkpoint
 from distmap.train.fit import run
 from tests.conftest import ring_graph, write_triples
 from tests.test_dist import flat
 
 
 def make_config(dataset: Path, out: Path, epochs: int) -> Config:
-    return config_from_dict({
-        "data": {"path": str(dataset), "modalities": ["visual"]},
-        "model": {"name": "complex", "rank": 8, "init_scale": 0.1},
-        "train": {"epochs": epochs, "batch_size": 40, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2},
-        "track": {"enabled": False, "output_dir": str(out / "runs")},
-    })
+    return config_from_dict(
+        {
+            "data": {"path": str(dataset), "modalities": ["visual"]},
+            "model": {"name": "complex", "rank": 8, "init_scale": 0.1},
+            "train": {"epochs": epochs, "batch_size": 40, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2},
+            "track": {"enabled": False, "output_dir": str(out / "runs")},
+        }
+    )
 
 
 def sharded_run(cfg: Config, ckpt_root: Path, restore: bool, result_file: Path) -> None:
-    engine = ShardedEngine(cfg, KnowledgeGraph.load(cfg.data.path), torch.device("cpu"),
-                           newest_checkpoint(ckpt_root) if restore else None, move_into(ckpt_root))
+    engine = ShardedEngine(
+        cfg,
+        KnowledgeGraph.load(cfg.data.path),
+        torch.device("cpu"),
+        newest_checkpoint(ckpt_root) if restore else None,
+        move_into(ckpt_root),
+    )
     result = run(engine, cfg, log=lambda _: None, chief=engine.rank == 0)
     if engine.rank == 0:
         block = engine.features["visual"]
-        torch.save({"metrics": result.test.metrics, "history": result.history,
-                    "rows_read": [p.name for p in engine.rows_read], "feature_parts": block.parts_read,
-                    "features": torch.from_numpy(block.values)}, result_file)
+        torch.save(
+            {
+                "metrics": result.test.metrics,
+                "history": result.history,
+                "rows_read": [p.name for p in engine.rows_read],
+                "feature_parts": block.parts_read,
+                "features": torch.from_numpy(block.values),
+            },
+            result_file,
+        )
 
 
 def _worker(rank: int, size: int, port: int, cfg: Config, ckpt_root: Path, restore: bool, out: Path) -> None:
@@ -71,13 +85,12 @@ def dataset_with_features(tmp_path: Path) -> tuple[Path, np.ndarray]:
     return tmp_path / "dataset", values
 
 
-def test_checkpoint_resumes_on_any_worker_count(dataset_with_features: tuple[Path, np.ndarray],
-                                                tmp_path: Path) -> None:
+def test_checkpoint_resumes_on_any_worker_count(dataset_with_features: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     ring_dataset, features = dataset_with_features
-    straight = launch(2, make_config(ring_dataset, tmp_path / "a", 6), tmp_path / "a" / "ckpt", False,
-                      tmp_path / "a.pt")
-    single = launch(1, make_config(ring_dataset, tmp_path / "b", 6), tmp_path / "b" / "ckpt", False,
-                    tmp_path / "b.pt")
+    straight = launch(
+        2, make_config(ring_dataset, tmp_path / "a", 6), tmp_path / "a" / "ckpt", False, tmp_path / "a.pt"
+    )
+    single = launch(1, make_config(ring_dataset, tmp_path / "b", 6), tmp_path / "b" / "ckpt", False, tmp_path / "b.pt")
     assert flat(single["metrics"]) == pytest.approx(flat(straight["metrics"]), abs=1e-4)
 
     launch(2, make_config(ring_dataset, tmp_path / "c", 4), tmp_path / "c" / "ckpt", False, tmp_path / "c.pt")
@@ -85,8 +98,9 @@ def test_checkpoint_resumes_on_any_worker_count(dataset_with_features: tuple[Pat
         root = tmp_path / f"resume{size}" / "ckpt"
         root.mkdir(parents=True)
         (root / "epoch-000004").symlink_to(tmp_path / "c" / "ckpt" / "epoch-000004")
-        resumed = launch(size, make_config(ring_dataset, tmp_path / f"resume{size}", 6), root, True,
-                         tmp_path / f"r{size}.pt")
+        resumed = launch(
+            size, make_config(ring_dataset, tmp_path / f"resume{size}", 6), root, True, tmp_path / f"r{size}.pt"
+        )
         assert [h["epoch"] for h in resumed["history"]] == list(range(1, 7))
         assert resumed["history"][4]["loss"] == pytest.approx(straight["history"][4]["loss"], abs=1e-5)
         assert flat(resumed["metrics"]) == pytest.approx(flat(straight["metrics"]), abs=1e-4)

@@ -103,7 +103,13 @@ EXPECTED_METRICS = {
         "both": {"mrr": (1 + 1 / 2 + 1 / 4 + 1 / 2) / 4, "mr": 9 / 4, "hits@1": 0.25, "hits@3": 0.75, "hits@10": 1.0},
     },
     "pessimistic": {
-        "both": {"mrr": (1 / 3 + 1 / 4 + 1 / 5 + 1 / 2) / 4, "mr": 14 / 4, "hits@1": 0.0, "hits@3": 0.5, "hits@10": 1.0},
+        "both": {
+            "mrr": (1 / 3 + 1 / 4 + 1 / 5 + 1 / 2) / 4,
+            "mr": 14 / 4,
+            "hits@1": 0.0,
+            "hits@3": 0.5,
+            "hits@10": 1.0,
+        },
     },
 }
 
@@ -184,9 +190,11 @@ def test_counts_of_disjoint_ranges_add_up() -> None:
     whole = count_chunk(table[h, r], target, *index.answers(h, r, 0, num_entities))
     parts = [count_chunk(table[h, r, lo:hi], target, *index.answers(h, r, lo, hi)) for lo, hi in [(0, 9), (9, 23)]]
     summed = parts[0] + parts[1]
-    assert torch.equal(summed.gt, whole.gt) and torch.equal(summed.eq, whole.eq)
+    assert torch.equal(summed.gt, whole.gt)
+    assert torch.equal(summed.eq, whole.eq)
     joined = RankCounts.cat([whole[:2], whole[2:]])
-    assert torch.equal(joined.gt, whole.gt) and torch.equal(joined.eq, whole.eq)
+    assert torch.equal(joined.gt, whole.gt)
+    assert torch.equal(joined.eq, whole.eq)
 
 
 # --- 3. agreement with PyKEEN ----------------------------------------------------------------
@@ -272,16 +280,24 @@ def test_filter_index_answers_and_storage_unchanged() -> None:
     h, r = torch.tensor([0, 3, 1, 0, 2, 1]), torch.tensor([0, 1, 0, 0, 0, 2])
     for _ in range(50):
         rows, cols = index.answers(h, r, 1, 4)
-        pairs = sorted(zip(rows.tolist(), cols.tolist()))
+        pairs = sorted(zip(rows.tolist(), cols.tolist(), strict=True))
         # entity 4 is outside [1, 4); (1, 0) is unknown; duplicates are dropped. Relation 2 is out of
         # range: its key 1 * 2 + 2 would collide with (2, 0)'s without the range guard.
         assert pairs == [(0, 0), (0, 1), (1, 2), (3, 0), (3, 1)]
         cols += 100  # results are fresh tensors: scribbling on them must not reach the index
     rows, cols = index.answers(h, r, 0, 5)
-    assert sorted(zip(rows.tolist(), cols.tolist())) == [
-        (0, 1), (0, 2), (0, 4), (1, 0), (1, 3), (3, 1), (3, 2), (3, 4), (4, 4)
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [
+        (0, 1),
+        (0, 2),
+        (0, 4),
+        (1, 0),
+        (1, 3),
+        (3, 1),
+        (3, 2),
+        (3, 4),
+        (4, 4),
     ]
-    for before, after in zip(storage, (index.keys, index.offsets, index.tails)):
+    for before, after in zip(storage, (index.keys, index.offsets, index.tails), strict=True):
         assert torch.equal(before, after)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def prepared(folder: Path, entities: list[str]) -> Path:
     """A chain graph over `entities` (all in train), prepared under folder/out."""
     raw = folder / "raw"
     raw.mkdir()
-    lines = [f"{h}\tnext\t{t}\n" for h, t in zip(entities, entities[1:])]
+    lines = [f"{h}\tnext\t{t}\n" for h, t in itertools.pairwise(entities)]
     (raw / "train.tsv").write_text("".join(lines))
     (raw / "valid.tsv").write_text(lines[0])
     (raw / "test.tsv").write_text(lines[-1])
@@ -114,6 +115,7 @@ def test_real_offline_encoder_on_wn9_glosses(tmp_path: Path) -> None:
     dataset = prepared(tmp_path, [line.split("\t")[0] for line in head[1:]])
     entry = embed_text(dataset, text, log=lambda _: None)
     block = FeatureShards(dataset, "text").read(0, 10)
-    assert block.values.shape == (10, 384) and block.mask.all()
+    assert block.values.shape == (10, 384)
+    assert block.mask.all()
     np.testing.assert_allclose(np.linalg.norm(block.values, axis=1), 1.0, atol=1e-5)
     assert "MiniLM" in entry["encoder"]

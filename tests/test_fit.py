@@ -17,13 +17,18 @@ from distmap.train.fit import fit
 
 
 def make_config(dataset: Path, tmp_path: Path, **train: object) -> Config:
-    return config_from_dict({
-        "data": {"path": str(dataset)},
-        "model": {"name": train.pop("model", "complex"), "rank": 16, "init_scale": 0.1},
-        "train": {"epochs": 6, "batch_size": 32, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2, **train},
-        "track": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "output_dir": str(tmp_path / "runs"),
-                  "experiment": "test"},
-    })
+    return config_from_dict(
+        {
+            "data": {"path": str(dataset)},
+            "model": {"name": train.pop("model", "complex"), "rank": 16, "init_scale": 0.1},
+            "train": {"epochs": 6, "batch_size": 32, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2, **train},
+            "track": {
+                "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+                "output_dir": str(tmp_path / "runs"),
+                "experiment": "test",
+            },
+        }
+    )
 
 
 def quiet(_: str) -> None:
@@ -43,12 +48,16 @@ def test_learns_logs_and_writes_outputs(ring_dataset: Path, tmp_path: Path) -> N
 
     client = mlflow.MlflowClient(tracking_uri=cfg.track.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-    assert run.data.params["model.name"] == "complex" and run.data.params["train.epochs"] == "20"
+    assert run.data.params["model.name"] == "complex"
+    assert run.data.params["train.epochs"] == "20"
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
     assert len(client.get_metric_history(run.info.run_id, "valid/both/mrr")) == 4
     assert run.data.metrics["test/both/mrr"] == pytest.approx(result.test.metrics["both"]["mrr"])
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "training_curve.png",
-                                                                         "metrics.json"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+        "config.yaml",
+        "training_curve.png",
+        "metrics.json",
+    }
 
 
 @pytest.mark.parametrize("model", ["transe", "distmult", "rotate"])
@@ -108,7 +117,11 @@ def test_cli_train_evaluate_and_errors(ring_dataset: Path, tmp_path: Path, capsy
     (tmp_path / "runs" / "cli" / "checkpoint.pt").unlink()
     assert main(["evaluate", str(tmp_path / "runs" / "cli")]) == 2
     err = capsys.readouterr().err
-    assert "no checkpoint.pt here and no sharded checkpoint" in err and "Traceback" not in err
+    assert "no checkpoint.pt here and no sharded checkpoint" in err
+    assert "Traceback" not in err
     assert main(["train", str(config), "--set", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
-    assert str(config) in err and "train.lrr" in err and "unknown key" in err and "Traceback" not in err
+    assert str(config) in err
+    assert "train.lrr" in err
+    assert "unknown key" in err
+    assert "Traceback" not in err

@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from distmap.dist.collectives import free_port
-from distmap.dist.parallel_ce import vocab_parallel_cross_entropy
-from distmap.dist.partition import row_ranges
+from distmap.distributed.collectives import free_port
+from distmap.distributed.parallel_ce import vocab_parallel_cross_entropy
+from distmap.distributed.partition import row_ranges
 
 B, N = 6, 11
 CASES = list(itertools.product([False, True], [0.0, 0.1]))
@@ -54,8 +54,9 @@ def test_two_and_three_workers_equal_cross_entropy(tmp_path: Path) -> None:
             results = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
             for use_weight, smoothing in CASES:
                 full = scores.clone().requires_grad_()
-                expected = F.cross_entropy(full, targets, weight=weight if use_weight else None,
-                                           label_smoothing=smoothing)
+                expected = F.cross_entropy(
+                    full, targets, weight=weight if use_weight else None, label_smoothing=smoothing
+                )
                 expected.backward()
                 loss, grad, (lo, hi) = results[f"{use_weight}-{smoothing}"]
                 assert torch.allclose(loss, expected.detach(), atol=1e-6), (world_size, use_weight, smoothing)

@@ -50,7 +50,8 @@ def test_ids_follow_sorted_names_and_tables_are_int32(tmp_path: Path) -> None:
     assert [train.schema.field(c).type for c in "hrt"] == [pa.int32()] * 3
     assert [list(row.values()) for row in train.to_pylist()] == [[1, 1, 0], [2, 0, 1], [0, 1, 2]]
     assert manifest["dataset"] == "toy"
-    assert manifest["num_entities"] == 3 and manifest["num_relations"] == 2
+    assert manifest["num_entities"] == 3
+    assert manifest["num_relations"] == 2
     assert [manifest["splits"][s]["triples"] for s in ("train", "valid", "test")] == [3, 1, 1]
     assert manifest["features"] == {}
     assert json.loads((out / "manifest.json").read_text()) == manifest
@@ -129,7 +130,7 @@ def test_existing_dataset_is_refused_unless_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare_dataset(raw, out, log=lambda _: None)
     (out / "features").mkdir()
-    with pytest.raises(DistmapError, match="overwrite=True"):
+    with pytest.raises(DistmapError, match="--overwrite"):
         prepare_dataset(raw, out, log=lambda _: None)
     prepare_dataset(raw, out, overwrite=True, log=lambda _: None)
     assert not (out / "features").exists()
@@ -139,7 +140,8 @@ def test_knowledge_graph_round_trip(tmp_path: Path) -> None:
     prepare_dataset(tiny(tmp_path / "toy"), tmp_path / "out", log=lambda _: None)
     kg = KnowledgeGraph.load(tmp_path / "out")
     assert (kg.num_entities, kg.num_relations) == (3, 2)
-    assert kg.train.dtype == torch.int64 and kg.train.shape == (3, 3)
+    assert kg.train.dtype == torch.int64
+    assert kg.train.shape == (3, 3)
     named = [(kg.entities[h], kg.relations[r], kg.entities[t]) for h, r, t in kg.train.tolist()]
     assert named == [tuple(line.split("\t")) for line in TRAIN.splitlines()]
     assert torch.equal(kg.all_triples(), torch.cat([kg.train, kg.valid, kg.test]))

@@ -10,25 +10,31 @@ import pytest
 
 from distmap.cli import main
 from distmap.config import Config, config_from_dict
-from distmap.dist.trainer import RAY_DIR_MAX, fit_distributed, ray_temp_dir
+from distmap.distributed.trainer import RAY_DIR_MAX, fit_distributed, ray_temp_dir
 from distmap.train.fit import fit
 from tests.test_dist import flat
 
 
 def make_config(dataset: Path, out: Path, **scale: object) -> Config:
-    return config_from_dict({
-        "data": {"path": str(dataset)},
-        "model": {"name": "complex", "rank": 8, "init_scale": 0.1},
-        "train": {"epochs": 6, "batch_size": 40, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2},
-        "track": {"tracking_uri": f"sqlite:///{out}/mlflow.db", "output_dir": str(out / "runs"),
-                  "experiment": "ray", "run_name": "ray" if scale else "plain"},
-        "scale": scale,
-    })
+    return config_from_dict(
+        {
+            "data": {"path": str(dataset)},
+            "model": {"name": "complex", "rank": 8, "init_scale": 0.1},
+            "train": {"epochs": 6, "batch_size": 40, "lr": 0.1, "reg_weight": 1e-3, "valid_every": 2},
+            "track": {
+                "tracking_uri": f"sqlite:///{out}/mlflow.db",
+                "output_dir": str(out / "runs"),
+                "experiment": "ray",
+                "run_name": "ray" if scale else "plain",
+            },
+            "scale": scale,
+        }
+    )
 
 
-def test_two_ray_workers_match_the_plain_loop_through_a_crash(ring_dataset: Path, short_dir: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_two_ray_workers_match_the_plain_loop_through_a_crash(
+    ring_dataset: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     plain = fit(make_config(ring_dataset, short_dir), log=lambda _: None)
     cfg = make_config(ring_dataset, short_dir, workers=2, max_failures=1, fail_at_step=14)
@@ -55,5 +61,7 @@ def test_ray_session_folder_moves_to_tmp_when_the_output_path_is_too_deep(short_
     assert ray_temp_dir(short_dir) == short_dir / ".ray"
     deep = short_dir / ("d" * RAY_DIR_MAX)
     moved = ray_temp_dir(deep)
-    assert moved.is_dir() and moved.parent == Path("/tmp") and moved.name.startswith("distmap-ray-")
+    assert moved.is_dir()
+    assert moved.parent == Path("/tmp")
+    assert moved.name.startswith("distmap-ray-")
     moved.rmdir()

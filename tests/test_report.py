@@ -12,9 +12,16 @@ from distmap.report import load_runs, results_table
 
 def run_summary(seed: int, mrr: float) -> dict:
     both = {"mrr": mrr, "hits@1": mrr - 0.1, "hits@3": mrr, "hits@10": mrr + 0.05, "mr": 3.0}
-    return {"dataset": "wn9-img", "model": "complex", "modalities": ["structure"], "seed": seed,
-            "best_epoch": 10 + seed, "train_seconds": 100.0, "test": {"both": both},
-            "test_both_by_tie": {"pessimistic": {"mrr": mrr - 0.01}}}
+    return {
+        "dataset": "wn9-img",
+        "model": "complex",
+        "modalities": ["structure"],
+        "seed": seed,
+        "best_epoch": 10 + seed,
+        "train_seconds": 100.0,
+        "test": {"both": both},
+        "test_both_by_tie": {"pessimistic": {"mrr": mrr - 0.01}},
+    }
 
 
 def test_mean_std_over_seeds_beside_paper(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -24,14 +31,15 @@ def test_mean_std_over_seeds_beside_paper(tmp_path: Path, capsys: pytest.Capture
     table = results_table(load_runs([tmp_path]))
     row = table.splitlines()[2]
     assert "| wn9-img | complex | structure | 3 | 0.920 ± 0.020 |" in row
-    assert "0.908 / 0.903 / 0.907 / 0.928" in row and "| 10, 11, 12 |" in row
+    assert "0.908 / 0.903 / 0.907 / 0.928" in row
+    assert "| 10, 11, 12 |" in row
     assert main(["report", str(tmp_path)]) == 0
     assert "0.920 ± 0.020" in capsys.readouterr().out
 
 
 def test_bad_summaries_are_named(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text("{not json")
-    with pytest.raises(DataError, match="metrics.json: cannot read"):
+    with pytest.raises(DataError, match=r"metrics\.json: cannot read"):
         load_runs([tmp_path])
     (tmp_path / "metrics.json").write_text("{}")
     with pytest.raises(DataError, match="missing dataset"):

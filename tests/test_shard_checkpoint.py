@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distmap.dist.partition import row_ranges
-from distmap.dist.shard_checkpoint import (
+from distmap.distributed.partition import row_ranges
+from distmap.distributed.shard_checkpoint import (
     entity_scalars,
     entity_state,
     load_rows,
@@ -22,7 +22,7 @@ def stepped(optimizer_cls: type) -> tuple[torch.nn.Parameter, torch.optim.Optimi
     optimizer = optimizer_cls([weight], lr=0.1)
     for _ in range(2):
         optimizer.zero_grad()
-        (weight ** 3).sum().backward()
+        (weight**3).sum().backward()
         optimizer.step()
     return weight, optimizer
 

@@ -53,7 +53,8 @@ def test_round_trip_with_uneven_parts(dataset: Path, features: tuple[np.ndarray,
     shards = FeatureShards(dataset, "visual")
     assert (shards.dim, shards.num_rows) == (4, N)
     block = shards.read(0, N)
-    assert block.values.dtype == np.float32 and block.values.shape == (N, 4)
+    assert block.values.dtype == np.float32
+    assert block.values.shape == (N, 4)
     np.testing.assert_array_equal(block.values, expected(values, mask))
     np.testing.assert_array_equal(block.mask, mask)
     assert len(block.parts_read) == 4
@@ -99,7 +100,8 @@ def test_rewrite_replaces_the_modality(dataset: Path, features: tuple[np.ndarray
     files = sorted(p.name for p in (dataset / "features" / "visual").iterdir())
     assert files == ["part-00000.parquet", "part-00001.parquet"]
     shards = FeatureShards(dataset, "visual")
-    assert shards.dim == 2 and shards.entry["source"] == "second"
+    assert shards.dim == 2
+    assert shards.entry["source"] == "second"
     np.testing.assert_array_equal(shards.read(0, N).values, values[:, :2])
 
 

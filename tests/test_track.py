@@ -1,5 +1,6 @@
 """MLflow tracking: runs started at once against a fresh SQLite store all succeed."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +22,14 @@ tracker.finish()
 
 
 def test_concurrent_runs_on_a_fresh_store(tmp_path: Path) -> None:
-    procs = [subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path), str(i)], stderr=subprocess.PIPE)
-             for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(tmp_path), str(i)],
+            stderr=subprocess.PIPE,
+            env={**os.environ, "DISTMAP_COMMAND": "distmap train run.yaml"},
+        )
+        for i in range(3)
+    ]
     errors = [p.communicate()[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -31,6 +38,9 @@ def test_concurrent_runs_on_a_fresh_store(tmp_path: Path) -> None:
     assert all(r.data.metrics["hits_at_1"] == 0.5 for r in runs)
     experiment = client.get_experiment_by_name("race")
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    # MLflow's own "Default" experiment keeps its artifacts beside the store too, not under the cwd.
+    assert client.get_experiment("0").artifact_location == (tmp_path / "mlartifacts" / "0").as_uri()
+    assert {r.data.tags["mlflow.source.name"] for r in runs} == {"distmap train run.yaml"}
 
 
 KILLED = """

@@ -10,6 +10,7 @@ none may be left after the cluster shuts down.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from distmap.dist.loopback import set_loopback_env
+from distmap.distributed.loopback import set_loopback_env
 from tests.pause_hook import PAUSE_DIR
 from tests.test_dist import flat
 from tests.test_ray_job import listening_addresses
@@ -79,9 +80,15 @@ def cluster(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     # Earlier tests may have left long-lived children of pytest (multiprocessing's resource tracker).
     before = descendants()
-    nodes = Cluster(initialize_head=True, head_node_args={
-        **NODE, "num_cpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
+    nodes = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **NODE,
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+        },
+    )
     try:
         nodes.add_node(**NODE)
         nodes.add_node(**NODE)
@@ -92,15 +99,13 @@ def cluster(short_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         nodes.shutdown()
         left = descendants() - before
         for pid in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         assert not left, f"processes left after the cluster shut down: {sorted(left)}"
 
 
 def test_two_nodes_one_removed_mid_run(ring_dataset: Path, short_dir: Path, cluster: Any) -> None:
-    from distmap.dist.trainer import fit_distributed
+    from distmap.distributed.trainer import fit_distributed
     from distmap.train.fit import fit
 
     plain = fit(make_config(ring_dataset, short_dir), log=lambda _: None)
@@ -110,14 +115,15 @@ def test_two_nodes_one_removed_mid_run(ring_dataset: Path, short_dir: Path, clus
     def train() -> None:
         try:
             result["summary"] = fit_distributed(cfg, log=lambda _: None)
-        except BaseException as err:  # noqa: BLE001 - raised again in the test's thread
+        except BaseException as err:
             result["error"] = err
 
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
     pauses = short_dir / "pauses"
-    wait_for("both workers to pause after the first checkpoint", lambda: len(list(pauses.glob("paused-*"))) == 2,
-             timeout=120)
+    wait_for(
+        "both workers to pause after the first checkpoint", lambda: len(list(pauses.glob("paused-*"))) == 2, timeout=120
+    )
     first, second = sorted(cluster.worker_nodes, key=lambda node: node.node_id)
     placed = {p.name: p.read_text(encoding="utf-8") for p in pauses.glob("paused-*")}
     assert sorted(placed.values()) == [first.node_id, second.node_id], "the two workers share a node"
@@ -139,4 +145,5 @@ def test_two_nodes_one_removed_mid_run(ring_dataset: Path, short_dir: Path, clus
     assert summary["epochs_run"] == 6
     # Ray's gRPC servers listen on IPv6 sockets bound to the IPv4-mapped loopback address.
     listening = listening_addresses(descendants())
-    assert listening and listening <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, listening
+    assert listening
+    assert listening <= {"127.0.0.1", "[::ffff:127.0.0.1]"}, listening

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,7 @@ def prepare_dataset(
     if not raw_dir.is_dir():
         raise DataError(raw_dir, "not a directory; expected a folder holding train, valid and test triples")
     if (out_dir / MANIFEST).exists() and not overwrite:
-        raise DistmapError(f"{out_dir} already holds a prepared dataset; pass overwrite=True to replace it")
+        raise DistmapError(f"{out_dir} already holds a prepared dataset; use --overwrite to replace it")
     raw = {split: _read_split(raw_dir, split) for split in SPLITS}
     listed_entities = _read_listing(raw_dir, "entities", "entity")
     listed_relations = _read_listing(raw_dir, "relations", "relation")
@@ -293,7 +293,7 @@ def _write_dataset(
         "format": FORMAT_VERSION,
         "dataset": raw_dir.name,
         "source": str(raw_dir),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "num_entities": len(entities),
         "num_relations": len(relations),
         "id_order": ID_ORDER,

@@ -67,7 +67,7 @@ def write_feature_shards(
     _replace_dir(staging, features / modality)
     entry = {
         "dim": int(values.shape[1]),
-        "rows": int(len(values)),
+        "rows": len(values),
         "present": int(mask.sum()),
         "rows_per_part": rows_per_part,
         "parts": parts,

@@ -83,7 +83,7 @@ class TsvReader:
             raise DataError(self.path, _column_count_problem(line, fields, self.columns), number)
         if all(fields) and [value.strip() for value in fields] == fields:
             return fields
-        for index, (name, value) in enumerate(zip(self.columns, fields), start=1):
+        for index, (name, value) in enumerate(zip(self.columns, fields, strict=True), start=1):
             if value == value.strip() and (value or name in self.optional):
                 continue
             raise DataError(self.path, _field_problem(name, index, value), number)
@@ -143,9 +143,7 @@ def _decode(path: Path, number: int, raw: bytes) -> str:
 
 
 def _column_count_problem(line: str, fields: list[str], columns: Sequence[str]) -> str:
-    problem = (
-        f"expected {len(columns)} tab-separated columns ({', '.join(columns)}), found {len(fields)}"
-    )
+    problem = f"expected {len(columns)} tab-separated columns ({', '.join(columns)}), found {len(fields)}"
     if len(fields) == 1 and " " in line.strip():
         problem += "; the line has no tab but spaces: looks space-separated"
     return problem

@@ -36,8 +36,9 @@ def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int) -> Tensor:
 class EntityTable(nn.Module):
     """Entity embeddings for global rows [lo, hi) of ``num_total``."""
 
-    def __init__(self, num_total: int, dim: int, init_scale: float, seed: int, lo: int = 0,
-                 hi: int | None = None) -> None:
+    def __init__(
+        self, num_total: int, dim: int, init_scale: float, seed: int, lo: int = 0, hi: int | None = None
+    ) -> None:
         super().__init__()
         self.num_total = num_total
         self.lo = lo
@@ -60,8 +61,16 @@ class EntityTable(nn.Module):
 class KGEModel(nn.Module):
     """Scores (h, r, ?) against entity blocks; relations include the reciprocal ones (2R)."""
 
-    def __init__(self, interaction: Interaction, num_entities: int, num_relations: int, rank: int,
-                 init_scale: float, seed: int = 0, entity_range: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        interaction: Interaction,
+        num_entities: int,
+        num_relations: int,
+        rank: int,
+        init_scale: float,
+        seed: int = 0,
+        entity_range: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         self.interaction = interaction
         lo, hi = entity_range or (0, num_entities)

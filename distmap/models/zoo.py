@@ -7,12 +7,24 @@ from distmap.models.interactions import make_interaction
 from distmap.models.model import KGEModel
 
 
-def build_model(cfg: ModelConfig, num_entities: int, num_base_relations: int, seed: int = 0,
-                entity_range: tuple[int, int] | None = None) -> KGEModel:
+def build_model(
+    cfg: ModelConfig,
+    num_entities: int,
+    num_base_relations: int,
+    seed: int = 0,
+    entity_range: tuple[int, int] | None = None,
+) -> KGEModel:
     """A model over ``num_entities`` and 2 x ``num_base_relations`` (reciprocals included).
 
     ``entity_range`` = the rows [lo, hi) this worker holds (default: all); initial values do
     not depend on it, so any partition starts from the same parameters.
     """
-    return KGEModel(make_interaction(cfg.name, cfg.p_norm), num_entities, 2 * num_base_relations,
-                    cfg.rank, cfg.init_scale, seed, entity_range)
+    return KGEModel(
+        make_interaction(cfg.name, cfg.p_norm),
+        num_entities,
+        2 * num_base_relations,
+        cfg.rank,
+        cfg.init_scale,
+        seed,
+        entity_range,
+    )

@@ -20,15 +20,15 @@ from tqdm.auto import tqdm
 from distmap.errors import DistmapError
 
 __all__ = [
-    "TieBreak",
-    "Scorer",
+    "EvalResult",
     "FilterIndex",
     "RankCounts",
-    "EvalResult",
+    "Scorer",
+    "TieBreak",
     "count_chunk",
-    "rank_queries",
-    "rank_metrics",
     "evaluate",
+    "rank_metrics",
+    "rank_queries",
 ]
 
 #: How a target that ties with other candidates is ranked: "optimistic" puts it before all of
@@ -193,12 +193,12 @@ def rank_queries(
         _check_no_nan(chunks)
         t = t.to(chunks[0].device)
         target = torch.zeros(len(batch), dtype=chunks[0].dtype, device=t.device)
-        for chunk, (lo, hi) in zip(chunks, ranges):
+        for chunk, (lo, hi) in zip(chunks, ranges, strict=True):
             column = (t - lo).clamp(0, hi - lo - 1).unsqueeze(1)
             target = torch.where((t >= lo) & (t < hi), chunk.gather(1, column).squeeze(1), target)
         counts = RankCounts(torch.zeros_like(t), torch.zeros_like(t))
         targets_filtered = torch.zeros((), dtype=torch.long, device=t.device)
-        for chunk, (lo, hi) in zip(chunks, ranges):
+        for chunk, (lo, hi) in zip(chunks, ranges, strict=True):
             rows, cols = (x.to(t.device) for x in filter_index.answers(h, r, lo, hi))
             counts = counts + count_chunk(chunk, target, rows, cols)
             targets_filtered += (cols == t[rows] - lo).sum()

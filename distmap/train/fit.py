@@ -68,13 +68,21 @@ def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr, fused=fused)
 
 
-def evaluate_split(model: KGEModel, kg: KnowledgeGraph, split: str, filter_index: FilterIndex, cfg: Config,
-                   progress: bool = False) -> EvalResult:
+def evaluate_split(
+    model: KGEModel, kg: KnowledgeGraph, split: str, filter_index: FilterIndex, cfg: Config, progress: bool = False
+) -> EvalResult:
     model.eval()
     with torch.no_grad():
-        return evaluate(model.score, kg.splits[split].to(model.relations.device), num_relations=kg.num_relations,
-                        filter_index=filter_index, num_entities=kg.num_entities, tie=cfg.train.tie,
-                        batch_size=cfg.train.eval_batch_size, progress=progress)
+        return evaluate(
+            model.score,
+            kg.splits[split].to(model.relations.device),
+            num_relations=kg.num_relations,
+            filter_index=filter_index,
+            num_entities=kg.num_entities,
+            tie=cfg.train.tie,
+            batch_size=cfg.train.eval_batch_size,
+            progress=progress,
+        )
 
 
 def build_filter(kg: KnowledgeGraph, device: torch.device) -> FilterIndex:
@@ -93,15 +101,21 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
         return out
 
     if comparable(saved) != comparable(cfg.to_dict()):
-        raise DistmapError(f"{where}: holds a run with a different config; "
-                           "set track.run_name to start a new run, or delete the folder")
+        raise DistmapError(
+            f"{where}: holds a run with a different config; set track.run_name to start a new run, or delete the folder"
+        )
 
 
-def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[torch.Tensor, Objective, FilterIndex]:
+def training_parts(
+    cfg: Config, kg: KnowledgeGraph, device: torch.device
+) -> tuple[torch.Tensor, Objective, FilterIndex]:
     """Training examples (with reciprocals), the objective and the filter: the same for 1 or P workers."""
     examples = add_reciprocals(kg.train, kg.num_relations)
-    weights = (frequency_class_weights(examples, kg.num_entities).to(device)
-               if cfg.train.class_weights == "frequency" else None)
+    weights = (
+        frequency_class_weights(examples, kg.num_entities).to(device)
+        if cfg.train.class_weights == "frequency"
+        else None
+    )
     objective = Objective(cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights)
     return examples, objective, build_filter(kg, device)
 
@@ -156,8 +170,9 @@ class LocalEngine:
         self.best: dict[str, torch.Tensor] | None = None
 
     def train_epoch(self, desc: str) -> EpochStats:
-        return train_epoch(self.model, self.examples, self.optimizer, self.objective, self.cfg.train.batch_size,
-                           self.generator, desc)
+        return train_epoch(
+            self.model, self.examples, self.optimizer, self.objective, self.cfg.train.batch_size, self.generator, desc
+        )
 
     def evaluate(self, split: str) -> EvalResult:
         return evaluate_split(self.model, self.kg, split, self.filter_index, self.cfg)
@@ -169,10 +184,18 @@ class LocalEngine:
         self.model.load_state_dict(self.best)
 
     def save(self, progress: Progress) -> None:
-        save_checkpoint(self.checkpoint, {**asdict(progress), "model": self.model.state_dict(),
-                                          "optimizer": self.optimizer.state_dict(), "best_state": self.best,
-                                          "generator": self.generator.get_state(),
-                                          "torch_rng": torch.get_rng_state(), "config": self.cfg.to_dict()})
+        save_checkpoint(
+            self.checkpoint,
+            {
+                **asdict(progress),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "best_state": self.best,
+                "generator": self.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "config": self.cfg.to_dict(),
+            },
+        )
 
     def load(self) -> Progress | None:
         if not self.checkpoint.exists():
@@ -195,8 +218,10 @@ def fit(cfg: Config, log: Callable[[str], None] = print) -> FitResult:
     kg = KnowledgeGraph.load(cfg.data.path)
     run_dir = Path(cfg.track.output_dir) / run_name(cfg)
     engine = LocalEngine(cfg, kg, device, run_dir / CHECKPOINT_NAME)
-    log(f"{run_name(cfg)}: {kg.num_entities} entities, {kg.num_relations} relations, {engine.num_examples} "
-        f"training examples (with reciprocals), {cfg.model.name} rank {cfg.model.rank}, device {device}")
+    log(
+        f"{run_name(cfg)}: {kg.num_entities} entities, {kg.num_relations} relations, {engine.num_examples} "
+        f"training examples (with reciprocals), {cfg.model.name} rank {cfg.model.rank}, device {device}"
+    )
     return run(engine, cfg, log)
 
 
@@ -222,29 +247,33 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
         engine.use_best()
         valid, test = engine.evaluate("valid"), engine.evaluate("test")
         if chief:
-            tracker.log_metrics({"best_epoch": progress.best_epoch,
-                                 **{f"test/{k}": v for k, v in test.flat().items()}})
+            tracker.log_metrics({"best_epoch": progress.best_epoch, **{f"test/{k}": v for k, v in test.flat().items()}})
             for path in _write_outputs(run_dir, cfg, progress, valid, test, name):
                 tracker.log_artifact(path)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish()
-    log(f"best epoch {progress.best_epoch} (valid {SELECTION_METRIC} {progress.best_mrr:.4f})\n"
-        f"test ({cfg.train.tie} ties):\n{test.table()}")
+    log(
+        f"best epoch {progress.best_epoch} (valid {SELECTION_METRIC} {progress.best_mrr:.4f})\n"
+        f"test ({cfg.train.tie} ties):\n{test.table()}"
+    )
     return FitResult(run_dir, progress.best_epoch, valid, test, progress.history)
 
 
-def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Tracker,
-                 log: Callable[[str], None]) -> None:
+def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Tracker, log: Callable[[str], None]) -> None:
     """Epochs from ``progress.epoch`` on; validates every k epochs and checkpoints after each validation."""
     t = cfg.train
     while not progress.finished(t.epochs, t.patience):
         epoch = progress.epoch + 1
         stats = engine.train_epoch(f"epoch {epoch}/{t.epochs}")
-        record: dict[str, Any] = {"epoch": epoch, "loss": stats.loss, "fit_loss": stats.fit_loss,
-                                  "epoch_seconds": stats.seconds,
-                                  "examples_per_s": stats.examples_per_second(engine.num_examples)}
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": stats.loss,
+            "fit_loss": stats.fit_loss,
+            "epoch_seconds": stats.seconds,
+            "examples_per_s": stats.examples_per_second(engine.num_examples),
+        }
         progress.epoch = epoch
         summary = f"epoch {epoch}: loss {stats.loss:.4f}, {record['examples_per_s']:.0f} ex/s"
         validate = epoch % t.valid_every == 0 or epoch == t.epochs
@@ -267,16 +296,26 @@ def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Track
                 log(f"early stop: no valid improvement in {t.patience} validations")
 
 
-def _write_outputs(run_dir: Path, cfg: Config, progress: Progress, valid: EvalResult, test: EvalResult,
-                   name: str) -> list[Path]:
-    metrics = {"run": name, "dataset": Path(cfg.data.path).name, "model": cfg.model.name,
-               "modalities": ["structure", *cfg.data.modalities], "seed": cfg.train.seed,
-               "best_epoch": progress.best_epoch, "epochs_run": progress.epoch,
-               "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
-               "epoch_seconds": [h["epoch_seconds"] for h in progress.history], "tie": cfg.train.tie,
-               "valid": valid.metrics, "test": test.metrics,
-               "test_both_by_tie": {tie: test.with_tie(tie).metrics["both"]
-                                    for tie in ("optimistic", "realistic", "pessimistic")}}
+def _write_outputs(
+    run_dir: Path, cfg: Config, progress: Progress, valid: EvalResult, test: EvalResult, name: str
+) -> list[Path]:
+    metrics = {
+        "run": name,
+        "dataset": Path(cfg.data.path).name,
+        "model": cfg.model.name,
+        "modalities": ["structure", *cfg.data.modalities],
+        "seed": cfg.train.seed,
+        "best_epoch": progress.best_epoch,
+        "epochs_run": progress.epoch,
+        "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
+        "epoch_seconds": [h["epoch_seconds"] for h in progress.history],
+        "tie": cfg.train.tie,
+        "valid": valid.metrics,
+        "test": test.metrics,
+        "test_both_by_tie": {
+            tie: test.with_tie(tie).metrics["both"] for tie in ("optimistic", "realistic", "pessimistic")
+        },
+    }
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     curve = training_curve(progress.history, run_dir / "training_curve.png", name)

@@ -75,17 +75,25 @@ def local_step(model: KGEModel, examples: Tensor, objective: Objective) -> StepL
     return loss
 
 
-def run_epoch(step: StepLoss, optimizer: torch.optim.Optimizer, num_examples: int, batch_size: int,
-              generator: torch.Generator, desc: str = "train", sync_grads: Callable[[], None] | None = None,
-              show_progress: bool = True) -> EpochStats:
+def run_epoch(
+    step: StepLoss,
+    optimizer: torch.optim.Optimizer,
+    num_examples: int,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str = "train",
+    sync_grads: Callable[[], None] | None = None,
+    show_progress: bool = True,
+) -> EpochStats:
     """One pass in a generator-seeded order: every worker draws the same order from the same state."""
     start = time.perf_counter()
     order = torch.randperm(num_examples, generator=generator)
     total = fit_total = 0.0
     # In a log file (no TTY) a bar update every minute is progress enough and keeps the log short.
     interval = 1.0 if sys.stderr.isatty() else 60.0
-    with tqdm(total=num_examples, desc=desc, unit="ex", leave=False, mininterval=interval,
-              disable=not show_progress) as bar:
+    with tqdm(
+        total=num_examples, desc=desc, unit="ex", leave=False, mininterval=interval, disable=not show_progress
+    ) as bar:
         for begin in range(0, num_examples, batch_size):
             index = order[begin : begin + batch_size]
             loss, logged, fit = step(index)
@@ -101,9 +109,15 @@ def run_epoch(step: StepLoss, optimizer: torch.optim.Optimizer, num_examples: in
     return EpochStats(total / num_examples, fit_total / num_examples, time.perf_counter() - start)
 
 
-def train_epoch(model: KGEModel, examples: Tensor, optimizer: torch.optim.Optimizer, objective: Objective,
-                batch_size: int, generator: torch.Generator, desc: str = "train") -> EpochStats:
+def train_epoch(
+    model: KGEModel,
+    examples: Tensor,
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str = "train",
+) -> EpochStats:
     """One single-process pass over ``examples`` (train triples with reciprocals)."""
     model.train()
-    return run_epoch(local_step(model, examples, objective), optimizer, examples.shape[0], batch_size,
-                     generator, desc)
+    return run_epoch(local_step(model, examples, objective), optimizer, examples.shape[0], batch_size, generator, desc)

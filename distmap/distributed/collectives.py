@@ -51,7 +51,7 @@ def all_gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
     padded[: x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes)])
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
 
 
 class _AllGather(torch.autograd.Function):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -14,7 +16,7 @@ def row_ranges(num_rows: int, parts: int) -> list[tuple[int, int]]:
     bounds = [0]
     for p in range(parts):
         bounds.append(bounds[-1] + base + (p < extra))
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
 def owners(ids: Tensor, ranges: list[tuple[int, int]]) -> Tensor:

@@ -21,9 +21,9 @@ import torch
 from distmap.config import Config
 from distmap.data.kg import KnowledgeGraph
 from distmap.data.shards import FeatureShards
-from distmap.dist.collectives import barrier, world
-from distmap.dist.partition import row_ranges
-from distmap.dist.shard_checkpoint import (
+from distmap.distributed.collectives import barrier, world
+from distmap.distributed.partition import row_ranges
+from distmap.distributed.shard_checkpoint import (
     COMMON,
     entity_scalars,
     entity_state,
@@ -31,7 +31,7 @@ from distmap.dist.shard_checkpoint import (
     restore_entity_state,
     save_rows,
 )
-from distmap.dist.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult
@@ -44,15 +44,23 @@ Publish = Callable[[Path, dict[str, Any]], None]
 class ShardedEngine:
     """This worker's rows of the model, its optimizer state, and the collective train/eval steps."""
 
-    def __init__(self, cfg: Config, kg: KnowledgeGraph, device: torch.device, restore_from: Path | None,
-                 publish: Publish, fault_marker: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        kg: KnowledgeGraph,
+        device: torch.device,
+        restore_from: Path | None,
+        publish: Publish,
+        fault_marker: Path | None = None,
+    ) -> None:
         self.cfg, self.kg, self.restore_from, self.publish = cfg, kg, restore_from, publish
         self.rank, size = world()
         at = cfg.scale.fail_at_step
         self.fault = FailOnce(at, fault_marker) if at and fault_marker and self.rank == size - 1 else None
         self.lo, self.hi = row_ranges(kg.num_entities, size)[self.rank]
-        self.model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed,
-                                 entity_range=(self.lo, self.hi)).to(device)
+        self.model = build_model(
+            cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed, entity_range=(self.lo, self.hi)
+        ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.examples, self.objective, self.filter_index = training_parts(cfg, kg, device)
@@ -68,13 +76,26 @@ class ShardedEngine:
         step = sharded_step(self.model, self.examples, self.objective)
         if self.fault is not None:
             step = self.fault.wrap(step)
-        return run_epoch(step, self.optimizer, self.num_examples, self.cfg.train.batch_size, self.generator, desc,
-                         sync_grads=sync_replicated_grads(self.model), show_progress=self.rank == 0)
+        return run_epoch(
+            step,
+            self.optimizer,
+            self.num_examples,
+            self.cfg.train.batch_size,
+            self.generator,
+            desc,
+            sync_grads=sync_replicated_grads(self.model),
+            show_progress=self.rank == 0,
+        )
 
     def evaluate(self, split: str) -> EvalResult:
-        return evaluate_sharded(self.model, self.kg.splits[split], num_relations=self.kg.num_relations,
-                                filter_index=self.filter_index, tie=self.cfg.train.tie,
-                                batch_size=self.cfg.train.eval_batch_size)
+        return evaluate_sharded(
+            self.model,
+            self.kg.splits[split],
+            num_relations=self.kg.num_relations,
+            filter_index=self.filter_index,
+            tie=self.cfg.train.tie,
+            batch_size=self.cfg.train.eval_batch_size,
+        )
 
     def keep_best(self) -> None:
         self.best_rows = self.model.entities.weight.detach().clone()
@@ -89,17 +110,28 @@ class ShardedEngine:
         weight = self.model.entities.weight
         with tempfile.TemporaryDirectory(prefix="distmap-ckpt-") as tmp:
             folder = Path(tmp)
-            save_rows(folder, self.lo, self.hi, {"weight": weight.detach(), "best": self.best_rows,
-                                                 **entity_state(self.optimizer, weight)})
+            save_rows(
+                folder,
+                self.lo,
+                self.hi,
+                {"weight": weight.detach(), "best": self.best_rows, **entity_state(self.optimizer, weight)},
+            )
             if self.rank == 0:
                 relations = self.model.relations
-                save_checkpoint(folder / COMMON, {
-                    **asdict(progress), "relations": relations.detach().cpu(),
-                    "best_relations": self.best_relations.cpu(),
-                    "relation_state": dict(self.optimizer.state[relations]),
-                    "entity_scalars": entity_scalars(self.optimizer, weight),
-                    "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                    "config": self.cfg.to_dict(), "num_entities": self.kg.num_entities})
+                save_checkpoint(
+                    folder / COMMON,
+                    {
+                        **asdict(progress),
+                        "relations": relations.detach().cpu(),
+                        "best_relations": self.best_relations.cpu(),
+                        "relation_state": dict(self.optimizer.state[relations]),
+                        "entity_scalars": entity_scalars(self.optimizer, weight),
+                        "generator": self.generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "config": self.cfg.to_dict(),
+                        "num_entities": self.kg.num_entities,
+                    },
+                )
             self.publish(folder, {"epoch": progress.epoch, "best_mrr": progress.best_mrr})
 
     def load(self) -> Progress | None:
@@ -115,8 +147,9 @@ class ShardedEngine:
         self.best_rows = rows["best"].to(device)
         self.best_relations = common["best_relations"].to(device)
         restore_entity_state(self.optimizer, self.model.entities.weight, rows, common["entity_scalars"])
-        self.optimizer.state[self.model.relations] = {k: v.to(device) if torch.is_tensor(v) else v
-                                                     for k, v in common["relation_state"].items()}
+        self.optimizer.state[self.model.relations] = {
+            k: v.to(device) if torch.is_tensor(v) else v for k, v in common["relation_state"].items()
+        }
         self.generator.set_state(common["generator"])
         torch.set_rng_state(common["torch_rng"])
         return Progress.from_saved(common)

@@ -92,8 +92,9 @@ def entity_state(optimizer: torch.optim.Optimizer, weight: Tensor) -> dict[str, 
     return {f"opt.{k}": v for k, v in optimizer.state[weight].items() if torch.is_tensor(v) and v.shape == weight.shape}
 
 
-def restore_entity_state(optimizer: torch.optim.Optimizer, weight: Tensor, rows: dict[str, Tensor],
-                         scalars: dict[str, Any]) -> None:
+def restore_entity_state(
+    optimizer: torch.optim.Optimizer, weight: Tensor, rows: dict[str, Tensor], scalars: dict[str, Any]
+) -> None:
     """Put per-row state back for this worker's rows, plus the shared scalars (e.g. Adam's step)."""
     state = {k.removeprefix("opt."): v.to(weight.device) for k, v in rows.items() if k.startswith("opt.")}
     state.update({k: v.clone() if torch.is_tensor(v) else v for k, v in scalars.items()})

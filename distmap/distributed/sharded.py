@@ -20,14 +20,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distmap.dist.collectives import (
+from distmap.distributed.collectives import (
     all_gather_rows,
     all_gather_with_grad,
     all_reduce_,
     all_reduce_sum_with_grad,
     world,
 )
-from distmap.dist.parallel_ce import vocab_parallel_cross_entropy
+from distmap.distributed.parallel_ce import vocab_parallel_cross_entropy
 from distmap.models.model import EntityTable, KGEModel
 from distmap.train.evaluate import (
     EvalResult,
@@ -71,8 +71,9 @@ def sharded_step(model: KGEModel, examples: Tensor, objective: Objective) -> Ste
         queries = all_gather_with_grad(model.interaction.query(h_emb, r_emb), sizes)
         targets = all_gather_rows(t, sizes)
         scores = model.interaction.score(queries, model.entities.weight)
-        fit = vocab_parallel_cross_entropy(scores, targets, model.entities.lo, model.num_entities,
-                                           objective.class_weight, objective.label_smoothing)
+        fit = vocab_parallel_cross_entropy(
+            scores, targets, model.entities.lo, model.num_entities, objective.class_weight, objective.label_smoothing
+        )
         penalty = objective.penalty(model.interaction.factors(h_emb, r_emb, t_emb), sum(sizes))
         logged = fit.detach() + all_reduce_(penalty.detach().clone())
         return fit + penalty, logged, fit.detach()
@@ -99,8 +100,9 @@ def replicated_rows(table: EntityTable, ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def rank_queries_sharded(model: KGEModel, queries: Tensor, filter_index: FilterIndex,
-                         batch_size: int = 1000) -> RankCounts:
+def rank_queries_sharded(
+    model: KGEModel, queries: Tensor, filter_index: FilterIndex, batch_size: int = 1000
+) -> RankCounts:
     """Filtered rank counts of tail queries (h, r, t), each worker counting over its own rows.
 
     Every worker passes the same queries. The target's score comes from the worker owning it
@@ -123,8 +125,15 @@ def rank_queries_sharded(model: KGEModel, queries: Tensor, filter_index: FilterI
 
 
 @torch.no_grad()
-def evaluate_sharded(model: KGEModel, triples: Tensor, *, num_relations: int, filter_index: FilterIndex,
-                     tie: TieBreak = "realistic", batch_size: int = 1000) -> EvalResult:
+def evaluate_sharded(
+    model: KGEModel,
+    triples: Tensor,
+    *,
+    num_relations: int,
+    filter_index: FilterIndex,
+    tie: TieBreak = "realistic",
+    batch_size: int = 1000,
+) -> EvalResult:
     """``distmap.train.evaluate.evaluate`` over row shards: same queries, same counts, same metrics."""
     model.eval()
     queries = both_directions(triples.long(), num_relations)

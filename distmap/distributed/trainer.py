@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -21,10 +23,10 @@ import torch
 
 from distmap.config import Config, config_from_dict
 from distmap.data.kg import KnowledgeGraph
-from distmap.dist.engine import ShardedEngine
-from distmap.dist.loopback import LoopbackTorchConfig, set_loopback_env
+from distmap.distributed.engine import ShardedEngine
+from distmap.distributed.loopback import LoopbackTorchConfig, set_loopback_env
 from distmap.errors import DistmapError
-from distmap.track import sqlite_path
+from distmap.track import COMMAND_ENV, sqlite_path
 from distmap.train.fit import run, run_name
 
 
@@ -35,8 +37,7 @@ def absolute_paths(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).absolute())),
-        track=dataclasses.replace(cfg.track, output_dir=str(Path(cfg.track.output_dir).absolute()),
-                                  tracking_uri=uri),
+        track=dataclasses.replace(cfg.track, output_dir=str(Path(cfg.track.output_dir).absolute()), tracking_uri=uri),
     )
 
 
@@ -65,6 +66,17 @@ def _print_once(message: str) -> None:
     print(message, file=sys.__stdout__, flush=True)
 
 
+def _quiet_ray_train_logs(rank: int) -> None:
+    """Ray Train logs "Reporting training result ..." and "Checkpoint successfully created ..." on
+    every rank at every validation; keep one line per checkpoint, from rank 0."""
+    report = sys.modules.get("ray.train.v2._internal.execution.context")
+    if report is not None:  # that module names its logger by file path
+        logging.getLogger(report.__file__).setLevel(logging.WARNING)
+    if rank:
+        for name in ("ray.train.v2._internal.execution.storage", "ray.train._internal.storage"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _worker_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; the process group is already initialised."""
     import ray.train
@@ -73,6 +85,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     cfg = config_from_dict(config, "config sent to the Ray workers")
     torch.set_num_threads(cfg.train.threads or cfg.scale.cpus_per_worker)
     rank = ray.train.get_context().get_world_rank()
+    _quiet_ray_train_logs(rank)
     device = ray.train.torch.get_device() if cfg.scale.use_gpu else torch.device("cpu")
     kg = KnowledgeGraph.load(cfg.data.path)
     checkpoint = ray.train.get_checkpoint()
@@ -99,10 +112,21 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
         temp = ray_temp_dir(output) if local else None
         if temp is not None and not temp.is_relative_to(output.absolute()):
             log(f"Ray session files go to {temp}: {output.absolute()} is too deep for Ray's socket paths")
-        ray.init(address=cfg.scale.address,
-                 **({"num_cpus": cfg.scale.workers * cfg.scale.cpus_per_worker,
-                     "_temp_dir": str(temp), "include_dashboard": True,
-                     "dashboard_host": "127.0.0.1"} if local else {}))
+        command = os.environ.get(COMMAND_ENV)
+        ray.init(
+            address=cfg.scale.address,
+            runtime_env={"env_vars": {COMMAND_ENV: command}} if command else None,
+            **(
+                {
+                    "num_cpus": cfg.scale.workers * cfg.scale.cpus_per_worker,
+                    "_temp_dir": str(temp),
+                    "include_dashboard": True,
+                    "dashboard_host": "127.0.0.1",
+                }
+                if local
+                else {}
+            ),
+        )
     name = run_name(cfg)
     try:
         # A cluster whose node address is loopback (a private local Ray, or a head started on
@@ -114,11 +138,17 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
             _worker_loop,
             train_loop_config=cfg.to_dict(),
             torch_config=LoopbackTorchConfig() if node.startswith("127.") else TorchConfig(),
-            scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=cfg.scale.use_gpu,
-                                         resources_per_worker={"CPU": cfg.scale.cpus_per_worker}),
-            run_config=RunConfig(name=name, storage_path=str(output / "ray_results"),
-                                 failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            scaling_config=ScalingConfig(
+                num_workers=cfg.scale.workers,
+                use_gpu=cfg.scale.use_gpu,
+                resources_per_worker={"CPU": cfg.scale.cpus_per_worker},
+            ),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(output / "ray_results"),
+                failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
         )
         trainer.fit()
     except DistmapError:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from distmap.dist.collectives import all_reduce_, world
+from distmap.distributed.collectives import all_reduce_, world
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -28,8 +28,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     backward through the same graph is refused by autograd's in-place check."""
 
     @staticmethod
-    def forward(ctx: Any, scores: Tensor, targets: Tensor, lo: int, num_classes: int, weight: Tensor | None,
-                smoothing: float) -> Tensor:
+    def forward(
+        ctx: Any, scores: Tensor, targets: Tensor, lo: int, num_classes: int, weight: Tensor | None, smoothing: float
+    ) -> Tensor:
         num_queries, local = scores.shape
         row_max = all_reduce_(scores.detach().max(dim=1).values, dist.ReduceOp.MAX)
         buffer = scores - row_max[:, None]
@@ -56,7 +57,13 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         probs.div_(sum_exp[:, None])
 
         ctx.save_for_backward(probs, targets, w_target, w_local)
-        ctx.lo, ctx.smoothing, ctx.num_classes, ctx.denominator, ctx.w_sum = lo, smoothing, num_classes, denominator, w_sum
+        ctx.lo, ctx.smoothing, ctx.num_classes, ctx.denominator, ctx.w_sum = (
+            lo,
+            smoothing,
+            num_classes,
+            denominator,
+            w_sum,
+        )
         return loss / denominator
 
     @staticmethod
@@ -74,8 +81,14 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         return g.mul_(grad / ctx.denominator), None, None, None, None, None
 
 
-def vocab_parallel_cross_entropy(scores: Tensor, targets: Tensor, lo: int, num_classes: int,
-                                 weight: Tensor | None = None, label_smoothing: float = 0.0) -> Tensor:
+def vocab_parallel_cross_entropy(
+    scores: Tensor,
+    targets: Tensor,
+    lo: int,
+    num_classes: int,
+    weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> Tensor:
     """Mean cross-entropy of ``targets`` (global entity ids) given this worker's score block.
 
     ``scores`` is (queries, local entities) for the rows [lo, lo + local) of ``num_classes``

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
 
-from distmap.dist.collectives import free_port
+from distmap.distributed.collectives import free_port
 
 LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -48,16 +48,16 @@ def set_loopback_env() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
-def _init_process_group(backend: str, address: str, port: int, rank: int, world_size: int,
-                        timeout_s: int) -> None:
+def _init_process_group(backend: str, address: str, port: int, rank: int, world_size: int, timeout_s: int) -> None:
     timeout = timedelta(seconds=timeout_s)
     if rank == 0:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((address, port))
         listener.listen(128)
-        store = dist.TCPStore(address, port, world_size, True, timeout, wait_for_workers=False,
-                              master_listen_fd=listener.fileno())
+        store = dist.TCPStore(
+            address, port, world_size, True, timeout, wait_for_workers=False, master_listen_fd=listener.fileno()
+        )
         _KEEP["listener"] = listener
     else:
         store = dist.TCPStore(address, port, world_size, False, timeout)
@@ -71,9 +71,21 @@ class _LoopbackTorchBackend(_TorchBackend):
         address = worker_group.execute_single(0, ray.util.get_node_ip_address)
         port = worker_group.execute_single(0, free_port, address)
         size = len(worker_group)
-        ray.get([worker_group.execute_single_async(rank, _init_process_group, backend_config.backend or "gloo",
-                                                   address, port, rank, size, backend_config.timeout_s)
-                 for rank in range(size)])
+        ray.get(
+            [
+                worker_group.execute_single_async(
+                    rank,
+                    _init_process_group,
+                    backend_config.backend or "gloo",
+                    address,
+                    port,
+                    rank,
+                    size,
+                    backend_config.timeout_s,
+                )
+                for rank in range(size)
+            ]
+        )
 
 
 @dataclass
