@@ -52,10 +52,18 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """1-vs-all training with reciprocal relations (kbc style)."""
+    """1-vs-all training with reciprocal relations (kbc style).
+
+    ``loop: grouped`` scores each unique (h, r) query of the training examples once per epoch,
+    with the loss summed over its true tails (the per-triple objective term for term);
+    ``per_triple`` scores one row per triple, as kbc. ``batch_size`` counts ``batch_unit``:
+    queries (groups) or triples (whole groups are kept together, so a batch holds about that many).
+    """
 
     epochs: int = 50
     batch_size: int = 1000
+    loop: Literal["grouped", "per_triple"] = "grouped"
+    batch_unit: Literal["queries", "triples"] = "queries"
     optimizer: OptimizerName = "adagrad"
     lr: float = 0.1
     regularizer: RegularizerName = "n3"

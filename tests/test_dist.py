@@ -15,13 +15,15 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distmap.config import ModelConfig
+from distmap.data.batches import QueryGroups
 from distmap.data.kg import add_reciprocals
 from distmap.distributed.collectives import free_port
 from distmap.distributed.partition import owners, row_ranges
 from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
 from distmap.models.zoo import build_model
 from distmap.train.evaluate import FilterIndex, evaluate
-from distmap.train.loop import Objective, StepLoss, local_step, run_epoch
+from distmap.train.loop import StepLoss, local_step, run_epoch
+from distmap.train.objective import Objective
 
 N, R, STEPS_BATCH = 37, 3, 48
 
@@ -48,10 +50,10 @@ def recording(step: StepLoss, losses: list[float]) -> StepLoss:
     return wrapped
 
 
-def train(name: str, rank: int, world_size: int, epochs: int = 2) -> dict[str, object]:
+def train(name: str, rank: int, world_size: int, epochs: int = 2, grouped: bool = True) -> dict[str, object]:
     """Two epochs of Adagrad on the toy graph, sharded when ``world_size`` > 1; then evaluation."""
     train_triples, test_triples = graph()
-    examples = add_reciprocals(train_triples, R)
+    groups = QueryGroups.build(add_reciprocals(train_triples, R), grouped=grouped)
     lo, hi = row_ranges(N, world_size)[rank]
     model = build_model(ModelConfig(name=name, rank=4, init_scale=0.3), N, R, seed=3, entity_range=(lo, hi))
     optimizer = torch.optim.Adagrad(model.parameters(), lr=0.1)
@@ -61,14 +63,14 @@ def train(name: str, rank: int, world_size: int, epochs: int = 2) -> dict[str, o
     losses: list[float] = []
     for _ in range(epochs):
         if world_size == 1:
-            step = local_step(model, examples, objective)
-            run_epoch(recording(step, losses), optimizer, len(examples), STEPS_BATCH, generator)
+            step = local_step(model, groups, objective)
+            run_epoch(recording(step, losses), optimizer, groups, STEPS_BATCH, generator)
         else:
-            step = sharded_step(model, examples, objective)
+            step = sharded_step(model, groups, objective)
             run_epoch(
                 recording(step, losses),
                 optimizer,
-                len(examples),
+                groups,
                 STEPS_BATCH,
                 generator,
                 sync_grads=sync_replicated_grads(model),
@@ -88,11 +90,11 @@ def train(name: str, rank: int, world_size: int, epochs: int = 2) -> dict[str, o
     }
 
 
-def _worker(rank: int, world_size: int, port: int, name: str, out: str) -> None:
+def _worker(rank: int, world_size: int, port: int, name: str, out: str, grouped: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
-        torch.save(train(name, rank, world_size), Path(out) / f"rank{rank}.pt")
+        torch.save(train(name, rank, world_size, grouped=grouped), Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -101,31 +103,34 @@ def flat(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{d}/{k}": v for d, values in metrics.items() for k, v in values.items()}
 
 
-def run_sharded(name: str, world_size: int, tmp_path: Path) -> list[dict[str, object]]:
-    mp.spawn(_worker, args=(world_size, free_port(), name, str(tmp_path)), nprocs=world_size, join=True)
+def run_sharded(name: str, world_size: int, tmp_path: Path, grouped: bool = True) -> list[dict[str, object]]:
+    mp.spawn(_worker, args=(world_size, free_port(), name, str(tmp_path), grouped), nprocs=world_size, join=True)
     return [torch.load(tmp_path / f"rank{p}.pt", weights_only=False) for p in range(world_size)]
 
 
-@pytest.mark.parametrize("name", ["complex", "transe"])
-def test_two_workers_match_one(name: str, tmp_path: Path) -> None:
-    single = train(name, 0, 1)
-    workers = run_sharded(name, 2, tmp_path)
+@pytest.mark.parametrize(
+    ("name", "world_size", "grouped"),
+    [("complex", 2, True), ("complex", 3, True), ("transe", 2, True), ("complex", 2, False)],
+)
+def test_sharded_workers_match_one(name: str, world_size: int, grouped: bool, tmp_path: Path) -> None:
+    """Grouped (default) and per-triple loops: P workers give the losses, rows and metrics of one process."""
+    single = train(name, 0, 1, grouped=grouped)
+    workers = run_sharded(name, world_size, tmp_path, grouped)
     for w in workers:
         torch.testing.assert_close(torch.tensor(w["losses"]), torch.tensor(single["losses"]), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(w["relations"], single["relations"], rtol=1e-5, atol=1e-5)
         assert flat(w["metrics"]) == pytest.approx(flat(single["metrics"]), abs=1e-6)
     rows = torch.cat([w["rows"] for w in workers])
     torch.testing.assert_close(rows, single["rows"], rtol=1e-5, atol=1e-5)
-    assert len(single["losses"]) == 2 * -(-240 // STEPS_BATCH)
-
-
-def test_each_worker_holds_its_share(tmp_path: Path) -> None:
-    workers = run_sharded("complex", 3, tmp_path)
-    assert [w["range"] for w in workers] == row_ranges(N, 3)
+    # each worker holds its share of the rows and of their optimizer state
+    assert [w["range"] for w in workers] == row_ranges(N, world_size)
     for w in workers:
         lo, hi = w["range"]
         assert w["rows"].shape[0] == hi - lo == w["optimizer_rows"]
-        assert abs((hi - lo) - N / 3) <= 1
+        assert abs((hi - lo) - N / world_size) <= 1
+    groups = QueryGroups.build(add_reciprocals(graph()[0], R), grouped=grouped)
+    assert len(single["losses"]) == 2 * -(-groups.num_groups // STEPS_BATCH)
+    assert (groups.num_groups < 240) == grouped  # the toy graph has queries with several tails
 
 
 def test_row_ranges_and_owners() -> None:

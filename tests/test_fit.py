@@ -121,7 +121,7 @@ def test_cli_train_evaluate_and_errors(ring_dataset: Path, tmp_path: Path, capsy
     assert "Traceback" not in err
     assert main(["train", str(config), "--set", "train.lrr=1"]) == 2
     err = capsys.readouterr().err
-    assert str(config) in err
+    assert "--set train.lrr=1: train.lrr" in err  # the bad key came from the command line, not the file
     assert "train.lrr" in err
     assert "unknown key" in err
     assert "Traceback" not in err

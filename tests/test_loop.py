@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from distmap.train.loop import Objective, frequency_class_weights
+from distmap.train.objective import Objective, frequency_class_weights
 
 
 def test_frequency_class_weights_follow_otkge() -> None:
@@ -28,7 +28,7 @@ def test_objective_is_cross_entropy_plus_penalty() -> None:
     factors = (torch.ones(5, 2),)
     weight = torch.linspace(0.1, 1.0, 7)
     objective = Objective("l2", reg_weight=0.5, label_smoothing=0.1, class_weight=weight)
-    total, fit = objective(scores, targets, factors)
+    total, fit = objective(scores, torch.arange(5), targets, factors)
     expected_fit = F.cross_entropy(scores, targets, weight=weight, label_smoothing=0.1)
     torch.testing.assert_close(fit, expected_fit)
     torch.testing.assert_close(total, expected_fit + 0.5 * 10 / 5)

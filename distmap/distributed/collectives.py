@@ -1,9 +1,9 @@
 """Autograd-aware collectives for row-sharded 1-vs-all training.
 
-Each worker computes a *different* loss term; what is replicated is the data, not the loss.
-So the backward of an all-gather sums the partial gradients of every worker and keeps this
-worker's slice, and the backward of a sum-all-reduce is again a sum-all-reduce. With one
-worker every function here is the identity (no process group is needed).
+Each worker computes a *different* part of the loss's gradient; what is replicated is the
+data, not the gradient. So the backward of a sum-all-reduce is again a sum-all-reduce: every
+worker's copy receives the sum of all workers' partial gradients. With one worker every
+function here is the identity (no process group is needed).
 """
 
 from __future__ import annotations
@@ -42,31 +42,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_gather_rows(x: Tensor, sizes: list[int]) -> Tensor:
-    """Concatenate every worker's rows (worker order) without autograd; sizes may differ."""
-    if len(sizes) == 1:
-        return x
-    longest = max(sizes)
-    padded = x.new_zeros((longest, *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
-
-
-class _AllGather(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, sizes: list[int]) -> Tensor:
-        ctx.sizes = sizes
-        return all_gather_rows(x, sizes)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        rank = world()[0]
-        lo = sum(ctx.sizes[:rank])
-        return all_reduce_(grad.contiguous().clone())[lo : lo + ctx.sizes[rank]], None
-
-
 class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor) -> Tensor:
@@ -75,11 +50,6 @@ class _AllReduceSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         return all_reduce_(grad.contiguous().clone())
-
-
-def all_gather_with_grad(x: Tensor, sizes: list[int]) -> Tensor:
-    """Every worker's rows concatenated; gradients flow back to the worker that sent each row."""
-    return x if len(sizes) == 1 else _AllGather.apply(x, sizes)
 
 
 def all_reduce_sum_with_grad(x: Tensor) -> Tensor:

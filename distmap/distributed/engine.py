@@ -63,8 +63,8 @@ class ShardedEngine:
         ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.examples, self.objective, self.filter_index = training_parts(cfg, kg, device)
-        self.num_examples = self.examples.shape[0]
+        self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
+        self.num_examples = self.groups.num_triples
         self.best_rows = self.model.entities.weight.detach().clone()
         self.best_relations = self.model.relations.detach().clone()
         self.rows_read: list[Path] = []
@@ -73,18 +73,19 @@ class ShardedEngine:
 
     def train_epoch(self, desc: str) -> EpochStats:
         self.model.train()
-        step = sharded_step(self.model, self.examples, self.objective)
+        step = sharded_step(self.model, self.groups, self.objective)
         if self.fault is not None:
             step = self.fault.wrap(step)
         return run_epoch(
             step,
             self.optimizer,
-            self.num_examples,
+            self.groups,
             self.cfg.train.batch_size,
             self.generator,
             desc,
             sync_grads=sync_replicated_grads(self.model),
             show_progress=self.rank == 0,
+            unit=self.cfg.train.batch_unit,
         )
 
     def evaluate(self, split: str) -> EvalResult:

@@ -1,14 +1,19 @@
 """Training and evaluation with the entity table split by rows over the workers of a process group.
 
 Worker p holds rows [lo, hi) of the entity table (and, through the optimizer, their state);
-relations are replicated. One step over a global batch, each worker holding a slice of it:
+relations are replicated. Every worker draws the same global batch of query groups (the same
+generator state), so ids, queries and (query, tail) pairs are known everywhere without a
+collective. One step:
 
-1. the rows of the worker's heads and tails are fetched from their owners (one all-reduce);
-2. queries are built locally and all-gathered, so every worker has every query of the step;
-3. each worker scores all queries against its own rows (one GEMM) and the softmax
-   cross-entropy over all N entities is assembled with per-query all-reduces;
-4. backward: entity-row gradients stay with their owner, query gradients are summed and routed
-   back to the worker (and rows) they came from, relation gradients are summed.
+1. the rows of the batch's heads and tails are filled in by their owners and summed (one
+   all-reduce), so every worker holds them;
+2. every worker builds all queries of the step and scores them against its own rows (one
+   GEMM); the softmax cross-entropy over all N entities is assembled with per-query and
+   per-pair all-reduces (``parallel_ce``);
+3. backward: entity-row gradients of the score block stay with their owner; each worker's
+   partial gradients of the gathered rows are summed by the backward all-reduce and land on
+   the owning rows; relation gradients are summed (``sync_replicated_grads``). The penalty is
+   split over the workers by pairs, so its terms are counted once.
 
 With one worker (or no process group) this is the single-process objective on the same batch.
 """
@@ -20,13 +25,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distmap.distributed.collectives import (
-    all_gather_rows,
-    all_gather_with_grad,
-    all_reduce_,
-    all_reduce_sum_with_grad,
-    world,
-)
+from distmap.data.batches import QueryGroups
+from distmap.distributed.collectives import all_reduce_, all_reduce_sum_with_grad, world
 from distmap.distributed.parallel_ce import vocab_parallel_cross_entropy
 from distmap.models.model import EntityTable, KGEModel
 from distmap.train.evaluate import (
@@ -37,44 +37,47 @@ from distmap.train.evaluate import (
     both_directions,
     count_chunk,
 )
-from distmap.train.loop import Objective, StepLoss
+from distmap.train.loop import StepLoss
+from distmap.train.objective import Objective
 
 
-def gather_entity_rows(table: EntityTable, ids: Tensor, sizes: list[int]) -> Tensor:
-    """Rows of global ``ids`` from whichever worker owns them; gradients flow back to the owner.
+def replicated_rows(table: EntityTable, ids: Tensor) -> Tensor:
+    """Rows of ``ids`` that every worker asked for alike: owners fill them in, one all-reduce.
 
-    ``sizes``: every worker's number of ids, in worker order.
+    Gradients flow back to the owner: the backward all-reduce sums every worker's partial gradient.
     """
-    if len(sizes) == 1:
+    if world()[1] == 1:
         return table.rows(ids)
-    all_ids = all_gather_rows(ids, sizes)
-    mine = ((all_ids >= table.lo) & (all_ids < table.hi)).nonzero().squeeze(1)
-    local = table.weight.new_zeros(len(all_ids), table.weight.shape[1])
-    local = local.index_copy(0, mine, table.rows(all_ids[mine]))
-    offset = sum(sizes[: world()[0]])
-    return all_reduce_sum_with_grad(local)[offset : offset + len(ids)]
+    owned = ((ids >= table.lo) & (ids < table.hi)).nonzero().squeeze(1)
+    local = table.weight.new_zeros(len(ids), table.weight.shape[1]).index_copy(0, owned, table.rows(ids[owned]))
+    return all_reduce_sum_with_grad(local)
 
 
-def sharded_step(model: KGEModel, examples: Tensor, objective: Objective) -> StepLoss:
-    """The step over a global batch: this worker takes its contiguous slice of the indices."""
+def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> StepLoss:
+    """The step over a global batch of query groups, this worker scoring against its own rows."""
     rank, size = world()
     device = model.relations.device
 
-    def loss(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # Every worker holds the same index, so every worker's slice size is known without a collective.
-        slices = index.tensor_split(size)
-        sizes = [len(part) for part in slices]
-        batch = examples[slices[rank]].to(device)
-        h, r, t = batch.unbind(1)
-        h_emb, t_emb = gather_entity_rows(model.entities, torch.cat([h, t]), [2 * n for n in sizes]).tensor_split(2)
+    def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch = groups.select(ids).to(device)
+        h, r = batch.queries.unbind(1)
+        num_queries, num_pairs = len(h), len(batch.tails)
+        h_emb, t_emb = replicated_rows(model.entities, torch.cat([h, batch.tails])).split([num_queries, num_pairs])
         r_emb = model.relations[r]
-        queries = all_gather_with_grad(model.interaction.query(h_emb, r_emb), sizes)
-        targets = all_gather_rows(t, sizes)
-        scores = model.interaction.score(queries, model.entities.weight)
+        scores = model.interaction.score(model.interaction.query(h_emb, r_emb), model.entities.weight)
         fit = vocab_parallel_cross_entropy(
-            scores, targets, model.entities.lo, model.num_entities, objective.class_weight, objective.label_smoothing
+            scores,
+            batch.pair_query,
+            batch.tails,
+            model.entities.lo,
+            model.num_entities,
+            objective.class_weight,
+            objective.label_smoothing,
         )
-        penalty = objective.penalty(model.interaction.factors(h_emb, r_emb, t_emb), sum(sizes))
+        share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
+        pair_query = batch.pair_query[share]
+        factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
+        penalty = objective.penalty(factors, num_pairs)
         logged = fit.detach() + all_reduce_(penalty.detach().clone())
         return fit + penalty, logged, fit.detach()
 
@@ -82,21 +85,13 @@ def sharded_step(model: KGEModel, examples: Tensor, objective: Objective) -> Ste
 
 
 def sync_replicated_grads(model: KGEModel) -> Callable[[], None]:
-    """Relations are replicated and each worker saw only its slice of the batch: sum their gradients."""
+    """Relations are replicated and each worker's gradient is partial: sum them."""
 
     def sync() -> None:
         if model.relations.grad is not None:
             all_reduce_(model.relations.grad)
 
     return sync
-
-
-def replicated_rows(table: EntityTable, ids: Tensor) -> Tensor:
-    """Rows of ``ids`` that every worker asked for alike (evaluation): owners fill, one all-reduce."""
-    mine = (ids >= table.lo) & (ids < table.hi)
-    rows = table.weight.new_zeros(len(ids), table.weight.shape[1])
-    rows[mine] = table.rows(ids[mine])
-    return all_reduce_(rows)
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from distmap.data.batches import Batch
 from distmap.models.interactions import Interaction, RotatE
 
 INIT_BLOCK_ROWS = 4096
@@ -94,12 +95,20 @@ class KGEModel(nn.Module):
         """Scores (B, hi - lo) of each (h, r) against entities [lo, hi): the evaluator's scorer."""
         return self.interaction.score(self.query(h, r), self.entities.block(lo, hi))
 
-    def forward(self, triples: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """kbc's forward: scores of every (h, r) against all local entities, plus N3 factors."""
-        h, r, t = triples.unbind(1)
+    def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+        """kbc's forward: scores (Q, N) of every query against all local entities, plus the N3
+        factors of every (query, tail) pair, so the penalty counts a query once per triple."""
+        h, r = batch.queries.unbind(1)
         # One gather for heads and tails: each gather's backward zero-fills a table-sized gradient.
-        h_emb, t_emb = self.entities.rows(torch.cat([h, t])).chunk(2)
+        h_emb, t_emb = self.entities.rows(torch.cat([h, batch.tails])).split([len(h), len(batch.tails)])
         r_emb = self.relations[r]
         q = self.interaction.query(h_emb, r_emb)
         scores = self.interaction.score(q, self.entities.block(self.entities.lo, self.entities.hi))
-        return scores, self.interaction.factors(h_emb, r_emb, t_emb)
+        return scores, self.interaction.factors(*per_pair(batch.pair_query, h_emb, r_emb), t_emb)
+
+
+def per_pair(pair_query: Tensor, *query_rows: Tensor) -> tuple[Tensor, ...]:
+    """Rows of each (query, tail) pair's query; with one tail per query they are the rows themselves."""
+    if len(pair_query) == len(query_rows[0]):
+        return query_rows
+    return tuple(rows[pair_query] for rows in query_rows)

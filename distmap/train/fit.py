@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import torch
 
 from distmap.config import Config
+from distmap.data.batches import QueryGroups
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
 from distmap.errors import DistmapError
 from distmap.models.model import KGEModel
@@ -23,12 +24,8 @@ from distmap.plots import training_curve
 from distmap.track import Tracker
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
-from distmap.train.loop import (
-    EpochStats,
-    Objective,
-    frequency_class_weights,
-    train_epoch,
-)
+from distmap.train.loop import EpochStats, train_epoch
+from distmap.train.objective import Objective, frequency_class_weights
 
 SELECTION_METRIC = "both/mrr"
 
@@ -106,10 +103,9 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
         )
 
 
-def training_parts(
-    cfg: Config, kg: KnowledgeGraph, device: torch.device
-) -> tuple[torch.Tensor, Objective, FilterIndex]:
-    """Training examples (with reciprocals), the objective and the filter: the same for 1 or P workers."""
+def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[QueryGroups, Objective, FilterIndex]:
+    """Training examples (with reciprocals) grouped by query (``train.loop``), the objective and the
+    filter: the same for 1 or P workers."""
     examples = add_reciprocals(kg.train, kg.num_relations)
     weights = (
         frequency_class_weights(examples, kg.num_entities).to(device)
@@ -117,7 +113,8 @@ def training_parts(
         else None
     )
     objective = Objective(cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights)
-    return examples, objective, build_filter(kg, device)
+    groups = QueryGroups.build(examples, grouped=cfg.train.loop == "grouped")
+    return groups, objective, build_filter(kg, device)
 
 
 @dataclass
@@ -165,13 +162,14 @@ class LocalEngine:
         self.model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.examples, self.objective, self.filter_index = training_parts(cfg, kg, device)
-        self.num_examples = self.examples.shape[0]
+        self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
+        self.num_examples = self.groups.num_triples
         self.best: dict[str, torch.Tensor] | None = None
 
     def train_epoch(self, desc: str) -> EpochStats:
+        t = self.cfg.train
         return train_epoch(
-            self.model, self.examples, self.optimizer, self.objective, self.cfg.train.batch_size, self.generator, desc
+            self.model, self.groups, self.optimizer, self.objective, t.batch_size, self.generator, desc, t.batch_unit
         )
 
     def evaluate(self, split: str) -> EvalResult:
@@ -220,7 +218,8 @@ def fit(cfg: Config, log: Callable[[str], None] = print) -> FitResult:
     engine = LocalEngine(cfg, kg, device, run_dir / CHECKPOINT_NAME)
     log(
         f"{run_name(cfg)}: {kg.num_entities} entities, {kg.num_relations} relations, {engine.num_examples} "
-        f"training examples (with reciprocals), {cfg.model.name} rank {cfg.model.rank}, device {device}"
+        f"training examples (with reciprocals) in {engine.groups.num_groups} {cfg.train.loop} query groups, "
+        f"{cfg.model.name} rank {cfg.model.rank}, device {device}"
     )
     return run(engine, cfg, log)
 
