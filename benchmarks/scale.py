@@ -32,13 +32,15 @@ import torch.multiprocessing as mp
 from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
 
 from distmap.config import ModelConfig
+from distmap.data.batches import QueryGroups
 from distmap.distributed.collectives import free_port
 from distmap.distributed.partition import row_ranges
 from distmap.distributed.sharded import sharded_step, sync_replicated_grads
 from distmap.models.interactions import make_interaction
 from distmap.models.zoo import build_model
 from distmap.train.fit import make_optimizer
-from distmap.train.loop import Objective, local_step, run_epoch
+from distmap.train.loop import local_step, run_epoch
+from distmap.train.objective import Objective
 
 NUM_RELATIONS = 100  # before reciprocals
 FLOAT = 4
@@ -128,14 +130,15 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
         generator = torch.Generator().manual_seed(case.seed)
 
         def epoch(rows: torch.Tensor) -> float:
+            # One query per triple (random triples over 10^5+ entities hardly share a query), so a
+            # step scores exactly ``batch_size`` rows and StepBytes.predict holds to the byte.
+            groups = QueryGroups.build(rows, grouped=False)
             if case.workers == 1:
-                step = local_step(model, rows, objective)
+                step = local_step(model, groups, objective)
                 sync: Callable[[], None] | None = None
             else:
-                step, sync = sharded_step(model, rows, objective), sync_replicated_grads(model)
-            stats = run_epoch(
-                step, optimizer, len(rows), case.batch_size, generator, sync_grads=sync, show_progress=False
-            )
+                step, sync = sharded_step(model, groups, objective), sync_replicated_grads(model)
+            stats = run_epoch(step, optimizer, groups, case.batch_size, generator, sync_grads=sync, show_progress=False)
             return stats.seconds
 
         epoch(warmup)  # allocates the optimizer state and warms the allocator and thread pool
@@ -171,13 +174,13 @@ def measure(case: Case) -> list[WorkerReport]:
 
 @dataclass(frozen=True)
 class StepBytes:
-    """Collective payload bytes per step and worker for a global batch ``batch`` over P workers.
+    """Collective payload bytes per step and worker for a global batch of ``batch`` queries, one
+    tail each, over P workers.
 
-    The sharded step's collectives (``distmap.distributed.sharded``): heads+tails ids gathered
-    (2B longs), their rows summed (2B·d floats), queries gathered (B·d), targets gathered (B longs),
-    three per-query softmax sums (3B floats), the penalty (1 float); backward: query gradients
-    (B·d) and row gradients (2B·d) summed, relation gradients summed (2R·d).
-    All-gathers are padded to the largest slice, ceil(B/P) rows per worker.
+    The sharded step's collectives (``distmap.distributed.sharded``): the rows of heads and tails
+    summed (2B·d floats), per-query max and sum of exp (2B), the target logit per pair (B), the
+    penalty (1 float); backward: the gradients of those rows summed (2B·d), relation gradients
+    summed (2R·d). Ids, queries and pairs are known on every worker: nothing is all-gathered.
     """
 
     all_reduce: int
@@ -187,10 +190,8 @@ class StepBytes:
     def predict(cls, batch: int, workers: int, dim: int, relations: int) -> StepBytes:
         if workers == 1:
             return cls(0, 0)
-        slice_rows = -(-batch // workers)
-        reduce_floats = 2 * batch * dim + 3 * batch + 1 + batch * dim + 2 * batch * dim + relations * dim
-        gather = workers * (2 * slice_rows * 8 + slice_rows * dim * FLOAT + slice_rows * 8)
-        return cls(reduce_floats * FLOAT, gather)
+        reduce_floats = 2 * batch * dim + 3 * batch + 1 + 2 * batch * dim + relations * dim
+        return cls(reduce_floats * FLOAT, 0)
 
     def ring_traffic(self, workers: int) -> float:
         """Bytes each worker sends under ring algorithms: 2(P-1)/P of an all-reduce, (P-1)/P of a gather."""
