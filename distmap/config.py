@@ -18,7 +18,9 @@ import yaml
 
 from distmap.errors import ConfigError
 
-ModelName = Literal["transe", "distmult", "complex", "rotate"]
+ModelName = Literal["transe", "distmult", "complex", "rotate", "transae", "ikrl", "tbkge", "mmkrl", "otkge", "map"]
+STRUCTURAL_MODELS = ("transe", "distmult", "complex", "rotate")
+MODALITY_MODELS = ("transae", "ikrl", "tbkge", "mmkrl", "otkge", "map")  # need at least one modality
 OptimizerName = Literal["adagrad", "adam"]
 RegularizerName = Literal["n3", "l2", "none"]
 TieBreak = Literal["realistic", "optimistic", "pessimistic"]
@@ -26,28 +28,112 @@ TieBreak = Literal["realistic", "optimistic", "pessimistic"]
 
 @dataclass
 class DataConfig:
-    """Where the prepared dataset lives (the output of ``distmap prepare``)."""
+    """Where the prepared dataset lives (the output of ``distmap prepare``), and which feature
+    modalities (``distmap features``) the model uses besides structure, e.g. ``[text]``."""
 
     path: str
     modalities: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         _require(bool(self.path), "data.path", "must not be empty")
+        _require("structure" not in self.modalities, "data.modalities", "structure is always used; list only features")
+        _require(len(set(self.modalities)) == len(self.modalities), "data.modalities", "a modality is listed twice")
+
+
+@dataclass
+class OTKGEConfig:
+    """OTKGE's code: fusion ``(1-alpha-gamma) E + alpha X_img W_img + gamma X_ling W_ling``, projections
+    from Sinkhorn plans of ``anchors`` entities (``K = exp(-C / reg)``) scaled by ``scale``."""
+
+    alpha: float = 0.1
+    gamma: float = 0.8
+    scale: float = 100.0
+    anchors: int = 10
+    reg: float = 10.0
+
+    def check(self) -> None:
+        _require(
+            self.alpha >= 0 and self.gamma >= 0 and self.alpha + self.gamma < 1,
+            "model.otkge.alpha",
+            "alpha, gamma >= 0 with alpha + gamma < 1",
+        )
+        _require(self.anchors > 0, "model.otkge.anchors", "must be > 0")
+        _require(self.reg > 0, "model.otkge.reg", "must be > 0")
 
 
 @dataclass
 class ModelConfig:
-    """Scoring function and representation sizes."""
+    """Scoring function, representations, and how modalities enter (``docs/method.md``).
+
+    ``fusion: auto`` is each model's own: ``learned`` weights for map, transae, mmkrl and a
+    structural model given modalities; OTKGE's fixed ``weighted`` sum; the views side by side
+    (``concat``) for ikrl and tbkge, which score every pair of views. ``fusion_weights`` lists
+    one weight per view, structure first, then ``data.modalities`` in order (default: equal).
+    ``label`` names the run in logs and tables (e.g. ``MAP w/o R``).
+    """
 
     name: ModelName
     rank: int = 500
     init_scale: float = 1e-3
     p_norm: int = 2
+    label: str = ""
+    projection: Literal["linear", "mlp"] = "linear"
+    fusion: Literal["auto", "weighted", "learned", "gate", "attention"] = "auto"
+    fusion_weights: list[float] = field(default_factory=list)
+    aux_weight: float = 1.0
+    adversarial_eps: float = 0.0
+    otkge: OTKGEConfig = field(default_factory=OTKGEConfig)
 
     def check(self) -> None:
         _require(self.rank > 0, "model.rank", "must be > 0")
         _require(self.init_scale > 0, "model.init_scale", "must be > 0")
         _require(self.p_norm in (1, 2), "model.p_norm", "must be 1 or 2")
+        _require(all(w >= 0 for w in self.fusion_weights), "model.fusion_weights", "must be >= 0")
+        _require(self.aux_weight >= 0, "model.aux_weight", "must be >= 0")
+        _require(self.adversarial_eps >= 0, "model.adversarial_eps", "must be >= 0")
+        _require(
+            self.fusion == "auto" or self.name not in ("ikrl", "tbkge", "otkge"),
+            "model.fusion",
+            f"{self.name} has its own fusion; leave it at auto",
+        )
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class AlignConfig:
+    """Modality alignment (MAP's A, or entity-level full OT) and instance preserving (MAP's R).
+
+    ``scope: minibatch`` (MAP): per step, ``sample`` of the batch's entities (0 = all) plus ``extra``
+    uniformly drawn entities (the augmentation; optionally ``perturb``-ed views) are aligned;
+    ``scope: full``: all entities every ``plan_every`` steps' plan (the costly OTKGE-style baseline).
+    ``lambda_align`` weighs the transport cost ``<P, C>``, ``lambda_preserve`` the instance-preserving
+    KL at neighbourhood ``temperature``. Both 0 = no term (``MAP w/o R & A``).
+    """
+
+    lambda_align: float = 0.0
+    lambda_preserve: float = 0.0
+    scope: Literal["minibatch", "full"] = "minibatch"
+    sample: int = 256
+    extra: int = 64
+    solver: Literal["exact", "sinkhorn"] = "exact"
+    reg: float = 0.05
+    perturb: float = 0.0
+    plan_every: int = 1
+    temperature: float = 0.1
+    preserve_view: Literal["fused", "projected"] = "fused"
+
+    def check(self) -> None:
+        _require(self.lambda_align >= 0, "align.lambda_align", "must be >= 0")
+        _require(self.lambda_preserve >= 0, "align.lambda_preserve", "must be >= 0")
+        _require(self.sample >= 0, "align.sample", "must be >= 0 (0 = all of the batch's entities)")
+        _require(self.extra >= 0, "align.extra", "must be >= 0")
+        _require(self.reg > 0, "align.reg", "must be > 0")
+        _require(self.perturb >= 0, "align.perturb", "must be >= 0")
+        _require(self.plan_every > 0, "align.plan_every", "must be > 0")
+        _require(self.temperature > 0, "align.temperature", "must be > 0")
 
 
 @dataclass
@@ -129,6 +215,7 @@ class ScaleConfig:
 class Config:
     data: DataConfig
     model: ModelConfig
+    align: AlignConfig = field(default_factory=AlignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     scale: ScaleConfig = field(default_factory=ScaleConfig)
@@ -137,10 +224,31 @@ class Config:
         return asdict(self)
 
     def flat(self) -> dict[str, Any]:
-        """``{"train.lr": 0.1, ...}``: the form MLflow params take."""
-        return {
-            f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()
-        }
+        """``{"train.lr": 0.1, "model.otkge.alpha": 0.1, ...}``: the form MLflow params take."""
+
+        def walk(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for key, value in values.items():
+                name = f"{prefix}.{key}" if prefix else key
+                out.update(walk(name, value) if isinstance(value, dict) else {name: value})
+            return out
+
+        return walk("", self.to_dict())
+
+    def check(self) -> None:
+        """Checks across sections."""
+        name = self.model.name
+        _require(
+            name not in MODALITY_MODELS or bool(self.data.modalities),
+            "data.modalities",
+            f"model {name} needs at least one feature modality, e.g. [text]",
+        )
+        aligning = self.align.lambda_align > 0 or self.align.lambda_preserve > 0
+        _require(
+            not aligning or bool(self.data.modalities),
+            "align.lambda_align",
+            "alignment needs a feature modality in data.modalities",
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

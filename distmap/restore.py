@@ -19,11 +19,18 @@ from distmap.errors import DataError
 from distmap.models.model import KGEModel
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from distmap.train.fit import feature_reader
 
 
 def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[KGEModel, int]:
     """(model holding the run's best-on-valid parameters, the epoch they come from)."""
-    model = build_model(cfg.model, kg.num_entities, kg.num_relations).to(device)
+    model = build_model(
+        cfg.model,
+        kg.num_entities,
+        kg.num_relations,
+        modalities=cfg.data.modalities,
+        read_features=feature_reader(kg, cfg.data.modalities),
+    ).to(device)
     single = run_dir / CHECKPOINT_NAME
     if single.exists():
         saved = load_checkpoint(single)
@@ -37,7 +44,11 @@ def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torc
     common = load_checkpoint(folder / COMMON)
     if common["num_entities"] != kg.num_entities:
         raise DataError(folder, f"checkpoint has {common['num_entities']} entities, the dataset {kg.num_entities}")
+    # Checkpoints before multimodal models kept only the relations replicated.
+    replicated = common.get("best_replicated") or {"relations": common["best_relations"]}
     with torch.no_grad():
         model.entities.weight.copy_(rows["best"])
-        model.relations.copy_(common["best_relations"])
+        for name, p in model.named_parameters():
+            if p is not model.entities.weight:
+                p.copy_(replicated[name])
     return model, common["best_epoch"]

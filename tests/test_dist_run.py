@@ -45,14 +45,13 @@ def sharded_run(cfg: Config, ckpt_root: Path, restore: bool, result_file: Path) 
     )
     result = run(engine, cfg, log=lambda _: None, chief=engine.rank == 0)
     if engine.rank == 0:
-        block = engine.features["visual"]
         torch.save(
             {
                 "metrics": result.test.metrics,
                 "history": result.history,
                 "rows_read": [p.name for p in engine.rows_read],
-                "feature_parts": block.parts_read,
-                "features": torch.from_numpy(block.values),
+                "feature_parts": tuple(engine.feature_parts["visual"]),
+                "features": engine.model.feature_rows("visual")[0],
             },
             result_file,
         )

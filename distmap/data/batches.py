@@ -26,6 +26,10 @@ class Batch:
     pair_query: Tensor  # (T,) int64: row in ``queries`` of each pair
     tails: Tensor  # (T,) int64: true tail of each pair
 
+    def entities(self) -> Tensor:
+        """The step's distinct entities (heads and tails), sorted."""
+        return torch.unique(torch.cat([self.queries[:, 0], self.tails]))
+
     def to(self, device: torch.device) -> Batch:
         return Batch(self.queries.to(device), self.pair_query.to(device), self.tails.to(device))
 

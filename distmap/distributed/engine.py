@@ -1,6 +1,7 @@
 """One worker of a row-sharded run: the ``Engine`` that ``distmap.train.fit.run`` drives.
 
-Worker p of P holds entity rows [lo, hi) and their optimizer state; relations are replicated.
+Worker p of P holds entity rows [lo, hi) and their optimizer state; relations (and a multimodal
+model's projection and fusion weights) are replicated.
 Checkpoints are written as per-range row files plus ``common.pt`` (``shard_checkpoint``) into
 a fresh folder that ``publish`` hands on (Ray Train's ``report``, or a copy into a shared
 folder), so a run restores on any number of workers.
@@ -20,7 +21,6 @@ import torch
 
 from distmap.config import Config
 from distmap.data.kg import KnowledgeGraph
-from distmap.data.shards import FeatureShards
 from distmap.distributed.collectives import barrier, world
 from distmap.distributed.partition import row_ranges
 from distmap.distributed.shard_checkpoint import (
@@ -32,10 +32,11 @@ from distmap.distributed.shard_checkpoint import (
     save_rows,
 )
 from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult
-from distmap.train.fit import Progress, check_resumable, make_optimizer, training_parts
+from distmap.train.fit import Progress, check_resumable, feature_reader, make_optimizer, training_parts
 from distmap.train.loop import EpochStats, StepLoss, run_epoch
 
 Publish = Callable[[Path, dict[str, Any]], None]
@@ -58,18 +59,32 @@ class ShardedEngine:
         at = cfg.scale.fail_at_step
         self.fault = FailOnce(at, fault_marker) if at and fault_marker and self.rank == size - 1 else None
         self.lo, self.hi = row_ranges(kg.num_entities, size)[self.rank]
+        # Each worker reads only the Parquet parts overlapping its rows (recorded in feature_parts).
+        self.feature_parts: dict[str, list[str]] = {m: [] for m in cfg.data.modalities}
+        read = feature_reader(kg, cfg.data.modalities)
+
+        def read_and_record(modality: str, lo: int, hi: int) -> FeatureRows:
+            rows = read(modality, lo, hi)
+            self.feature_parts[modality].extend(rows.parts)
+            return rows
+
         self.model = build_model(
-            cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed, entity_range=(self.lo, self.hi)
+            cfg.model,
+            kg.num_entities,
+            kg.num_relations,
+            cfg.train.seed,
+            entity_range=(self.lo, self.hi),
+            modalities=cfg.data.modalities,
+            read_features=read_and_record,
         ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
         self.num_examples = self.groups.num_triples
-        self.best_rows = self.model.entities.weight.detach().clone()
-        self.best_relations = self.model.relations.detach().clone()
+        # Everything but the entity rows (relations, projections, fusion) is replicated on every worker.
+        self.replicated = {n: p for n, p in self.model.named_parameters() if p is not self.model.entities.weight}
+        self.keep_best()
         self.rows_read: list[Path] = []
-        # Each worker reads only the Parquet parts overlapping its rows (FeatureBlock.parts_read says which).
-        self.features = {m: FeatureShards(kg.root, m).read(self.lo, self.hi) for m in cfg.data.modalities}
 
     def train_epoch(self, desc: str) -> EpochStats:
         self.model.train()
@@ -100,12 +115,13 @@ class ShardedEngine:
 
     def keep_best(self) -> None:
         self.best_rows = self.model.entities.weight.detach().clone()
-        self.best_relations = self.model.relations.detach().clone()
+        self.best_replicated = {n: p.detach().clone() for n, p in self.replicated.items()}
 
     def use_best(self) -> None:
         with torch.no_grad():
             self.model.entities.weight.copy_(self.best_rows)
-            self.model.relations.copy_(self.best_relations)
+            for name, p in self.replicated.items():
+                p.copy_(self.best_replicated[name])
 
     def save(self, progress: Progress) -> None:
         weight = self.model.entities.weight
@@ -118,14 +134,13 @@ class ShardedEngine:
                 {"weight": weight.detach(), "best": self.best_rows, **entity_state(self.optimizer, weight)},
             )
             if self.rank == 0:
-                relations = self.model.relations
                 save_checkpoint(
                     folder / COMMON,
                     {
                         **asdict(progress),
-                        "relations": relations.detach().cpu(),
-                        "best_relations": self.best_relations.cpu(),
-                        "relation_state": dict(self.optimizer.state[relations]),
+                        "replicated": {n: p.detach().cpu() for n, p in self.replicated.items()},
+                        "best_replicated": {n: p.cpu() for n, p in self.best_replicated.items()},
+                        "replicated_state": {n: dict(self.optimizer.state[p]) for n, p in self.replicated.items()},
                         "entity_scalars": entity_scalars(self.optimizer, weight),
                         "generator": self.generator.get_state(),
                         "torch_rng": torch.get_rng_state(),
@@ -144,13 +159,14 @@ class ShardedEngine:
         device = self.model.relations.device
         with torch.no_grad():
             self.model.entities.weight.copy_(rows["weight"])
-            self.model.relations.copy_(common["relations"])
+            for name, p in self.replicated.items():
+                p.copy_(common["replicated"][name])
         self.best_rows = rows["best"].to(device)
-        self.best_relations = common["best_relations"].to(device)
+        self.best_replicated = {n: t.to(device) for n, t in common["best_replicated"].items()}
         restore_entity_state(self.optimizer, self.model.entities.weight, rows, common["entity_scalars"])
-        self.optimizer.state[self.model.relations] = {
-            k: v.to(device) if torch.is_tensor(v) else v for k, v in common["relation_state"].items()
-        }
+        for name, p in self.replicated.items():
+            state = common["replicated_state"][name]
+            self.optimizer.state[p] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()}
         self.generator.set_state(common["generator"])
         torch.set_rng_state(common["torch_rng"])
         return Progress.from_saved(common)

@@ -28,7 +28,7 @@ from torch import Tensor
 from distmap.data.batches import QueryGroups
 from distmap.distributed.collectives import all_reduce_, all_reduce_sum_with_grad, world
 from distmap.distributed.parallel_ce import vocab_parallel_cross_entropy
-from distmap.models.model import EntityTable, KGEModel
+from distmap.models.model import EntityViews, KGEModel
 from distmap.train.evaluate import (
     EvalResult,
     FilterIndex,
@@ -41,35 +41,49 @@ from distmap.train.loop import StepLoss
 from distmap.train.objective import Objective
 
 
-def replicated_rows(table: EntityTable, ids: Tensor) -> Tensor:
-    """Rows of ``ids`` that every worker asked for alike: owners fill them in, one all-reduce.
+def replicated_rows(block: Tensor, lo: int, ids: Tensor) -> Tensor:
+    """Rows of global ``ids`` that every worker asked for alike, out of each worker's ``block`` of
+    rows [lo, lo + len(block)): owners fill them in, one all-reduce.
 
     Gradients flow back to the owner: the backward all-reduce sums every worker's partial gradient.
     """
     if world()[1] == 1:
-        return table.rows(ids)
-    owned = ((ids >= table.lo) & (ids < table.hi)).nonzero().squeeze(1)
-    local = table.weight.new_zeros(len(ids), table.weight.shape[1]).index_copy(0, owned, table.rows(ids[owned]))
+        return block[ids - lo]
+    owned = ((ids >= lo) & (ids < lo + len(block))).nonzero().squeeze(1)
+    local = block.new_zeros(len(ids), block.shape[1]).index_copy(0, owned, block[ids[owned] - lo])
     return all_reduce_sum_with_grad(local)
+
+
+def sharded_views(model: KGEModel) -> EntityViews:
+    """This worker's block in every view; structural rows a model needs from elsewhere (OTKGE's
+    anchors) come from their owners, without gradient."""
+    table = model.entities
+
+    def fetch(ids: Tensor) -> Tensor:
+        return replicated_rows(table.weight.detach(), table.lo, ids)
+
+    return model.views(fetch)
 
 
 def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> StepLoss:
     """The step over a global batch of query groups, this worker scoring against its own rows."""
     rank, size = world()
     device = model.relations.device
+    lo, hi = model.entities.lo, model.entities.hi
 
     def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch = groups.select(ids).to(device)
+        views = sharded_views(model)
         h, r = batch.queries.unbind(1)
         num_queries, num_pairs = len(h), len(batch.tails)
-        h_emb, t_emb = replicated_rows(model.entities, torch.cat([h, batch.tails])).split([num_queries, num_pairs])
+        h_emb, t_emb = replicated_rows(views.fused, lo, torch.cat([h, batch.tails])).split([num_queries, num_pairs])
         r_emb = model.relations[r]
-        scores = model.interaction.score(model.interaction.query(h_emb, r_emb), model.entities.weight)
+        scores = model.interaction.score(model.interaction.query(h_emb, r_emb), views.fused)
         fit = vocab_parallel_cross_entropy(
             scores,
             batch.pair_query,
             batch.tails,
-            model.entities.lo,
+            lo,
             model.num_entities,
             objective.class_weight,
             objective.label_smoothing,
@@ -77,19 +91,27 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
         share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
         pair_query = batch.pair_query[share]
         factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
-        penalty = objective.penalty(factors, num_pairs)
-        logged = fit.detach() + all_reduce_(penalty.detach().clone())
-        return fit + penalty, logged, fit.detach()
+        entities = batch.entities()
+        mine = entities[(entities >= lo) & (entities < hi)] - lo  # alignment etc. on this worker's own rows
+        local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine)
+        logged = fit.detach() + all_reduce_(local.detach().clone())
+        return fit + local, logged, fit.detach()
 
     return loss
 
 
 def sync_replicated_grads(model: KGEModel) -> Callable[[], None]:
-    """Relations are replicated and each worker's gradient is partial: sum them."""
+    """Every parameter but the entity rows (relations, projections, fusion) is replicated and each
+    worker's gradient is partial: sum them."""
+    replicated = [p for p in model.parameters() if p is not model.entities.weight]
 
     def sync() -> None:
-        if model.relations.grad is not None:
-            all_reduce_(model.relations.grad)
+        # One all-reduce of all of them; a parameter this worker's step did not reach (a decoder with
+        # none of its rows in the batch) takes part with zeros, so every worker sends the same layout.
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in replicated]
+        flat = all_reduce_(torch.cat([g.reshape(-1) for g in grads]))
+        for p, chunk in zip(replicated, flat.split([g.numel() for g in grads]), strict=True):
+            p.grad = chunk.view_as(p)
 
     return sync
 
@@ -104,11 +126,12 @@ def rank_queries_sharded(
     (an all-reduce of a one-hot-by-owner vector), counts from all workers are summed.
     """
     lo, hi = model.entities.lo, model.entities.hi
+    block = sharded_views(model).fused
     parts = []
     for begin in range(0, len(queries), batch_size):
         h, r, t = queries[begin : begin + batch_size].unbind(1)
-        q = model.interaction.query(replicated_rows(model.entities, h), model.relations[r])
-        scores = model.interaction.score(q, model.entities.weight)
+        q = model.interaction.query(replicated_rows(block, lo, h), model.relations[r])
+        scores = model.interaction.score(q, block)
         mine = (t >= lo) & (t < hi)
         target = torch.zeros(len(t), dtype=scores.dtype, device=scores.device)
         target[mine] = scores[mine.nonzero().squeeze(1), t[mine] - lo]

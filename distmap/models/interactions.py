@@ -148,6 +148,34 @@ class RotatE(_Distance):
         return h_mod, torch.ones_like(r), t_mod
 
 
+class MultiViewTransE(Interaction):
+    """Sum of TransE energies between every pair of entity views: ``-sum_{a,b} ||h_a + r_a - t_b||``.
+
+    IKRL (Xie et al., 2017): views structure and image, one relation: SS + SI + IS + II. TBKGE
+    (Mousselly-Sergieh et al., 2018): views structure and the multimodal projection, a relation
+    per view (``relation_per_view``). Entity rows are the views side by side, ``[v_1 | ... | v_V]``
+    of ``rank`` each (``Fusion("concat")``); the structural table holds one view of ``rank``.
+    """
+
+    def __init__(self, views: int, relation_per_view: bool, p: int = 2) -> None:
+        self.views, self.relation_per_view, self.p = views, relation_per_view, p
+
+    def relation_dim(self, rank: int) -> int:
+        return rank * self.views if self.relation_per_view else rank
+
+    def query(self, h: Tensor, r: Tensor) -> Tensor:
+        r = r if self.relation_per_view else r.repeat(1, self.views)
+        return h + r
+
+    def score(self, q: Tensor, candidates: Tensor) -> Tensor:
+        qs, cs = q.chunk(self.views, dim=-1), candidates.chunk(self.views, dim=-1)
+        return sum(_neg_distance(qa, cb, self.p) for qa in qs for cb in cs)
+
+    def score_pairs(self, q: Tensor, t: Tensor) -> Tensor:
+        qs, ts = q.chunk(self.views, dim=-1), t.chunk(self.views, dim=-1)
+        return sum(-torch.linalg.vector_norm(qa - tb, ord=self.p, dim=-1) for qa in qs for tb in ts)
+
+
 def make_interaction(name: str, p_norm: int = 2) -> Interaction:
     if name == "transe":
         return TransE(p_norm)

@@ -8,6 +8,8 @@ knows which: it only scores candidates by global row range.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +61,26 @@ class EntityTable(nn.Module):
         return self.weight[lo - self.lo : hi - self.lo]
 
 
+@dataclass
+class EntityViews:
+    """A block of entity rows [lo, lo + M) in every representation the model and its loss terms use.
+
+    ``fused`` is what the interaction scores (for a structural model, the table itself); loss
+    terms (alignment, instance preserving, reconstruction) read the other views of the same rows.
+    """
+
+    lo: int
+    structure: Tensor  # (M, d) the structural rows
+    fused: Tensor  # (M, d') the rows queries are built from and scored against
+    projected: dict[str, Tensor] = field(default_factory=dict)  # modality -> (M, d)
+    present: dict[str, Tensor] = field(default_factory=dict)  # modality -> (M,) bool
+    features: dict[str, Tensor] = field(default_factory=dict)  # modality -> (M, D_m) raw rows
+
+
+RowFetch = Callable[[Tensor], Tensor]
+"""Structural rows of global ids, wherever they live (the sharded step fetches them from their owners)."""
+
+
 class KGEModel(nn.Module):
     """Scores (h, r, ?) against entity blocks; relations include the reciprocal ones (2R)."""
 
@@ -88,23 +110,51 @@ class KGEModel(nn.Module):
     def num_entities(self) -> int:
         return self.entities.num_total
 
+    def views(self, fetch: RowFetch | None = None) -> EntityViews:
+        """This model's rows in every view; a structural model's fused rows are its table (no copy).
+
+        ``fetch`` gives structural rows outside this block (a model that needs some, e.g. OTKGE's
+        anchor entities, uses it; the default reads the local table).
+        """
+        weight = self.entities.weight
+        return EntityViews(self.entities.lo, weight, weight)
+
+    def auxiliary_loss(self, views: EntityViews, rows: Tensor) -> Tensor:
+        """The model's own loss beside the objective (e.g. TransAE's reconstruction) over the local
+        rows ``rows`` of the batch's entities; none for a structural model."""
+        return views.structure.new_zeros(())
+
+    def scorer(self) -> Callable[[Tensor, Tensor, int, int], Tensor]:
+        """``score(h, r, lo, hi)`` over the fused rows as they are now, computed once (evaluation)."""
+        rows, lo = self.views().fused, self.entities.lo
+
+        def score(h: Tensor, r: Tensor, a: int, b: int) -> Tensor:
+            return self.interaction.score(
+                self.interaction.query(rows[h - lo], self.relations[r]), rows[a - lo : b - lo]
+            )
+
+        return score
+
     def query(self, h: Tensor, r: Tensor) -> Tensor:
-        return self.interaction.query(self.entities.rows(h), self.relations[r])
+        """Query vectors of (h, r) from the fused rows (h: global ids in this block)."""
+        return self.interaction.query(self.views().fused[h - self.entities.lo], self.relations[r])
 
     def score(self, h: Tensor, r: Tensor, lo: int, hi: int) -> Tensor:
-        """Scores (B, hi - lo) of each (h, r) against entities [lo, hi): the evaluator's scorer."""
-        return self.interaction.score(self.query(h, r), self.entities.block(lo, hi))
+        """Scores (B, hi - lo) of each (h, r) against entities [lo, hi)."""
+        return self.scorer()(h, r, lo, hi)
 
-    def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-        """kbc's forward: scores (Q, N) of every query against all local entities, plus the N3
-        factors of every (query, tail) pair, so the penalty counts a query once per triple."""
+    def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], EntityViews]:
+        """kbc's forward: scores (Q, N) of every query against all local entities, the N3 factors
+        of every (query, tail) pair (so the penalty counts a query once per triple), and the views
+        the loss terms read."""
+        views = self.views()
         h, r = batch.queries.unbind(1)
-        # One gather for heads and tails: each gather's backward zero-fills a table-sized gradient.
-        h_emb, t_emb = self.entities.rows(torch.cat([h, batch.tails])).split([len(h), len(batch.tails)])
+        # One gather for heads and tails: each gather's backward zero-fills a block-sized gradient.
+        rows = views.fused[torch.cat([h, batch.tails]) - views.lo]
+        h_emb, t_emb = rows.split([len(h), len(batch.tails)])
         r_emb = self.relations[r]
-        q = self.interaction.query(h_emb, r_emb)
-        scores = self.interaction.score(q, self.entities.block(self.entities.lo, self.entities.hi))
-        return scores, self.interaction.factors(*per_pair(batch.pair_query, h_emb, r_emb), t_emb)
+        scores = self.interaction.score(self.interaction.query(h_emb, r_emb), views.fused)
+        return scores, self.interaction.factors(*per_pair(batch.pair_query, h_emb, r_emb), t_emb), views
 
 
 def per_pair(pair_query: Tensor, *query_rows: Tensor) -> tuple[Tensor, ...]:

@@ -14,12 +14,15 @@ from typing import Any, Protocol
 
 import torch
 
+from distmap.align.terms import alignment_terms
 from distmap.config import Config
 from distmap.data.batches import QueryGroups
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
+from distmap.data.shards import FeatureShards
 from distmap.errors import DistmapError
 from distmap.models.model import KGEModel
-from distmap.models.zoo import build_model
+from distmap.models.multimodal import FeatureRows
+from distmap.models.zoo import FeatureReader, build_model
 from distmap.plots import training_curve
 from distmap.track import Tracker
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -41,6 +44,29 @@ class FitResult:
 
 def run_name(cfg: Config) -> str:
     return cfg.track.run_name or f"{Path(cfg.data.path).name}-{cfg.model.name}-seed{cfg.train.seed}"
+
+
+def feature_reader(kg: KnowledgeGraph, modalities: list[str]) -> FeatureReader:
+    """Reads feature rows [lo, hi) of the dataset's modalities; a modality the dataset lacks is a
+    one-line error naming the command that makes it."""
+    available = kg.manifest.get("features", {})
+    for m in modalities:
+        if m not in available:
+            make = (
+                f"distmap features text {kg.root} --source FILE.tsv"
+                if m == "text"
+                else f"distmap features import {kg.root} --modality {m} --file FILE.npy"
+            )
+            have = ", ".join(sorted(available)) or "none"
+            raise DistmapError(
+                f"data.modalities: {kg.root} has no '{m}' features (it has: {have}); make them with `{make}`"
+            )
+
+    def read(modality: str, lo: int, hi: int) -> FeatureRows:
+        block = FeatureShards(kg.root, modality).read(lo, hi)
+        return FeatureRows(torch.from_numpy(block.values), torch.from_numpy(block.mask), block.parts_read)
+
+    return read
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,7 +97,7 @@ def evaluate_split(
     model.eval()
     with torch.no_grad():
         return evaluate(
-            model.score,
+            model.scorer(),
             kg.splits[split].to(model.relations.device),
             num_relations=kg.num_relations,
             filter_index=filter_index,
@@ -112,7 +138,9 @@ def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tup
         if cfg.train.class_weights == "frequency"
         else None
     )
-    objective = Objective(cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights)
+    objective = Objective(
+        cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights, alignment_terms(cfg.align)
+    )
     groups = QueryGroups.build(examples, grouped=cfg.train.loop == "grouped")
     return groups, objective, build_filter(kg, device)
 
@@ -159,7 +187,14 @@ class LocalEngine:
 
     def __init__(self, cfg: Config, kg: KnowledgeGraph, device: torch.device, checkpoint: Path) -> None:
         self.cfg, self.kg, self.checkpoint = cfg, kg, checkpoint
-        self.model = build_model(cfg.model, kg.num_entities, kg.num_relations, cfg.train.seed).to(device)
+        self.model = build_model(
+            cfg.model,
+            kg.num_entities,
+            kg.num_relations,
+            cfg.train.seed,
+            modalities=cfg.data.modalities,
+            read_features=feature_reader(kg, cfg.data.modalities),
+        ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)

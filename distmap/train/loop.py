@@ -41,8 +41,9 @@ def local_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> St
 
     def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch = groups.select(ids).to(device)
-        scores, factors = model(batch)
+        scores, factors, views = model(batch)
         total, fit = objective(scores, batch.pair_query, batch.tails, factors)
+        total = total + objective.extra(model, views, batch.entities() - views.lo)
         return total, total.detach(), fit.detach()
 
     return loss

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from distmap.models.model import EntityViews, KGEModel
 
 Reduce = Callable[[Tensor, str], Tensor]
 """In-place reduction of a per-query tensor over the workers holding the candidates; ``"sum"`` or ``"max"``."""
@@ -134,14 +136,32 @@ def pair_cross_entropy(
     return _PairCrossEntropy.apply(scores, pair_query, tails, lo, num_classes, weight, label_smoothing, reduce)
 
 
+class LossTerm(Protocol):
+    """A weighted loss beside the objective (alignment, instance preserving) over one block of
+    entity rows in all their views and the local rows of the step's entities in it."""
+
+    name: str
+
+    def __call__(self, views: EntityViews, rows: Tensor) -> Tensor: ...
+
+
 @dataclass(frozen=True)
 class Objective:
-    """Cross-entropy over all entities (optionally smoothed / class-weighted) plus N3 or L2."""
+    """Cross-entropy over all entities (optionally smoothed / class-weighted) plus N3 or L2, plus
+    the model's own loss and any alignment terms (``extra``)."""
 
     regularizer: str = "n3"
     reg_weight: float = 0.0
     label_smoothing: float = 0.0
     class_weight: Tensor | None = None
+    terms: tuple[LossTerm, ...] = ()
+
+    def extra(self, model: KGEModel, views: EntityViews, rows: Tensor) -> Tensor:
+        """The model's auxiliary loss and every term over ``rows`` (local rows of the step's entities)."""
+        total = model.auxiliary_loss(views, rows)
+        for term in self.terms:
+            total = total + term(views, rows)
+        return total
 
     def penalty(self, factors: tuple[Tensor, ...], batch_size: int) -> Tensor:
         """kbc's N3: ``weight * sum |f|^3 / batch``; L2 the same with squares. One factor row per triple."""

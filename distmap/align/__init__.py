@@ -1,0 +1,1 @@
+"""Modality alignment and instance preserving: loss terms beside the link-prediction objective."""
