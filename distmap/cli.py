@@ -103,7 +103,8 @@ def _export(args: argparse.Namespace) -> None:
     run_dir = Path(args.run_dir)
     done = export_run(run_dir, load_config(run_dir / "config.yaml", args.set), Path(args.out))
     print(
-        f"{done.entity_rows:,} entity rows (vector width {done.dim}, {done.row_groups} Parquet row groups) -> {done.entities}\n"
+        f"{done.entity_rows:,} entity rows (vector width {done.dim}, Parquet row groups: {done.row_groups}) "
+        f"-> {done.entities}\n"
         f"{done.relation_rows:,} relation rows (reciprocals included) -> {done.relations}\n"
         f"model from epoch {done.epoch}"
     )

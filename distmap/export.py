@@ -25,7 +25,7 @@ from distmap.data.manifest import parquet_writer, read_manifest, write_parquet
 from distmap.errors import DistmapError
 from distmap.restore import BestCheckpoint, entity_rows, find_best
 
-CHUNK_ROWS = 65536  # rows per read and per row group: 65,536 x 400 floats = 100 MiB
+CHUNK_ROWS = 16384  # rows per read and per row group: 16,384 x 400 floats = 25 MiB (benchmarks/export_memory.py)
 
 
 @dataclass(frozen=True)
