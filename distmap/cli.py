@@ -1,4 +1,4 @@
-"""Command line: ``distmap prepare | features | train | evaluate | report``.
+"""Command line: ``distmap prepare | features | train | evaluate | predict | export | report``.
 
 User errors (bad files, bad config keys) print one line naming the file and the problem and
 exit with status 2; only bugs show a traceback.
@@ -11,9 +11,15 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distmap.errors import DistmapError
 from distmap.track import COMMAND_ENV
+
+if TYPE_CHECKING:
+    from distmap.config import Config
+    from distmap.data.kg import KnowledgeGraph
+    from distmap.models.model import KGEModel
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -50,19 +56,71 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from distmap.train.fit import build_filter, evaluate_split
+
+    run_dir = Path(args.run_dir)
+    cfg, kg, model, best_epoch = _load_run(run_dir, args.set, args.tie)
+    result = evaluate_split(model, kg, args.split, build_filter(kg, model.relations.device), cfg, progress=True)
+    print(f"{run_dir.name}, {args.split} split, model from epoch {best_epoch}:\n{result.table()}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from distmap.predict import Predictor, predict_file
+
+    batch = args.queries is not None
+    if batch and (args.out is None or args.head or args.tail or args.relation or args.candidate):
+        raise DistmapError("--queries takes --out FILE.parquet|.tsv and no --head, --tail, --relation or --candidate")
+    if not batch and (args.relation is None or (args.head is None) == (args.tail is None) or args.out):
+        raise DistmapError("give --relation and exactly one of --head and --tail (or --queries FILE --out FILE)")
+    run_dir = Path(args.run_dir)
+    cfg, kg, model, best_epoch = _load_run(run_dir, args.set, args.tie)
+    predictor = Predictor(model, kg, cfg.train.tie)
+    if batch:
+        count = predict_file(predictor, Path(args.queries), Path(args.out), args.k, args.batch_size)
+        print(f"{count:,} queries, top {args.k} each -> {args.out} (model from epoch {best_epoch})")
+        return
+    query = predictor.query(head=args.head, relation=args.relation, tail=args.tail)
+    candidate = predictor.entity(args.candidate) if args.candidate else None
+    found = predictor.top_k([query], args.k)
+    print(
+        f"{predictor.describe(query)}: top {found.ids.shape[1]} of {kg.num_entities:,} entities, {run_dir.name} "
+        f"from epoch {best_epoch}; known: a true triple of that split (names only: the dataset stores no entity text)"
+    )
+    print(predictor.table(found))
+    if candidate is not None:
+        score, rank = predictor.candidate(query, candidate)
+        known = predictor.split_of(query, candidate) or "-"
+        print(
+            f"candidate {args.candidate}: score {score:.4f}, filtered rank {rank:g} (ties: {cfg.train.tie}), "
+            f"known: {known}"
+        )
+
+
+def _export(args: argparse.Namespace) -> None:
+    from distmap.config import load_config
+    from distmap.export import export_run
+
+    run_dir = Path(args.run_dir)
+    done = export_run(run_dir, load_config(run_dir / "config.yaml", args.set), Path(args.out))
+    print(
+        f"{done.entity_rows:,} entity rows (vector width {done.dim}, Parquet row groups: {done.row_groups}) "
+        f"-> {done.entities}\n"
+        f"{done.relation_rows:,} relation rows (reciprocals included) -> {done.relations}\n"
+        f"model from epoch {done.epoch}"
+    )
+
+
+def _load_run(run_dir: Path, overrides: list[str], tie: str | None) -> tuple[Config, KnowledgeGraph, KGEModel, int]:
+    """(config, dataset, best model, its epoch) of a finished run; ``tie`` overrides the run's tie rule."""
     from distmap.config import load_config
     from distmap.data.kg import KnowledgeGraph
     from distmap.restore import load_best_model
-    from distmap.train.fit import build_filter, evaluate_split, resolve_device
+    from distmap.train.fit import resolve_device
 
-    run_dir = Path(args.run_dir)
-    overrides = [*args.set, *([f"train.tie={args.tie}"] if args.tie else [])]
-    cfg = load_config(run_dir / "config.yaml", overrides)
-    device = resolve_device(cfg.train.device)
+    cfg = load_config(run_dir / "config.yaml", [*overrides, *([f"train.tie={tie}"] if tie else [])])
     kg = KnowledgeGraph.load(cfg.data.path)
-    model, best_epoch = load_best_model(run_dir, cfg, kg, device)
-    result = evaluate_split(model, kg, args.split, build_filter(kg, device), cfg, progress=True)
-    print(f"{run_dir.name}, {args.split} split, model from epoch {best_epoch}:\n{result.table()}")
+    model, best_epoch = load_best_model(run_dir, cfg, kg, resolve_device(cfg.train.device))
+    return cfg, kg, model, best_epoch
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -115,6 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="top-k answers of (h, r, ?) or (?, r, t) from a run's best checkpoint")
+    p.add_argument("run_dir", help="a run folder written by `distmap train` (runs/<name>), single or sharded")
+    p.add_argument("--head", metavar="NAME", help="the known head: predict tails of (NAME, relation, ?)")
+    p.add_argument("--tail", metavar="NAME", help="the known tail: predict heads of (?, relation, NAME)")
+    p.add_argument("--relation", metavar="NAME", help="the relation of the query (exact name)")
+    p.add_argument("--k", type=int, default=10, help="how many entities to list per query (default: 10)")
+    p.add_argument("--candidate", metavar="NAME", help="also print this entity's score and filtered rank")
+    p.add_argument("--queries", metavar="FILE", help="TSV of queries (head, relation, tail; '?' for the one asked for)")
+    p.add_argument(
+        "--out", metavar="FILE", help="with --queries: rows (query, rank, entity, score, known) to .parquet/.tsv"
+    )
+    p.add_argument("--batch-size", type=int, default=256, help="queries scored at a time with --queries (default: 256)")
+    p.add_argument("--tie", choices=["realistic", "optimistic", "pessimistic"], help="tie rule of --candidate's rank")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="a run's best entity and relation vectors to Parquet")
+    p.add_argument("run_dir", help="a run folder written by `distmap train` (runs/<name>), single or sharded")
+    p.add_argument(
+        "--out", required=True, metavar="FILE.parquet", help="entity rows; relations go to FILE.relations.parquet"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("report", help="markdown table of finished runs: mean ± std over seeds, paper beside")
     p.add_argument("runs", nargs="+", help="run folders or folders of runs (each with metrics.json)")

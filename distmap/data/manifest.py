@@ -9,6 +9,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +64,19 @@ def write_parquet(table: pa.Table, path: Path) -> str:
     pq.write_table(table, tmp)
     os.replace(tmp, path)
     return sha256_file(path)
+
+
+@contextmanager
+def parquet_writer(path: Path, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+    """Stream tables (each a row group) into ``path`` via a temporary name: a failure midway leaves
+    no truncated file, and the table never has to be whole in memory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    writer = pq.ParquetWriter(tmp, schema)
+    try:
+        yield writer
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)

@@ -61,7 +61,7 @@ class ShardedEngine:
         self.lo, self.hi = row_ranges(kg.num_entities, size)[self.rank]
         # Each worker reads only the Parquet parts overlapping its rows (recorded in feature_parts).
         self.feature_parts: dict[str, list[str]] = {m: [] for m in cfg.data.modalities}
-        read = feature_reader(kg, cfg.data.modalities)
+        read = feature_reader(kg.root, cfg.data.modalities)
 
         def read_and_record(modality: str, lo: int, hi: int) -> FeatureRows:
             rows = read(modality, lo, hi)

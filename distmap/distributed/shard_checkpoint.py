@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,14 @@ def save_rows(folder: Path, lo: int, hi: int, tensors: dict[str, Tensor]) -> Pat
     return path
 
 
-def load_rows(folder: Path, lo: int, hi: int) -> tuple[dict[str, Tensor], list[Path]]:
-    """Rows [lo, hi) of every saved row-shaped tensor, cut from the overlapping files.
+def load_rows(
+    folder: Path, lo: int, hi: int, keys: Collection[str] | None = None
+) -> tuple[dict[str, Tensor], list[Path]]:
+    """Rows [lo, hi) of the saved row-shaped tensors named in ``keys`` (default: all), cut from the
+    overlapping files.
 
-    Returns the tensors and the files read (only those overlapping [lo, hi)).
+    Returns the tensors and the files read (only those overlapping [lo, hi)). Files are memory-mapped,
+    so only the asked rows of the asked tensors are read from disk and copied.
     """
     files = row_files(folder)
     if not files:
@@ -80,10 +85,13 @@ def load_rows(folder: Path, lo: int, hi: int) -> tuple[dict[str, Tensor], list[P
     for a, b, path in files:
         if b <= lo or a >= hi or a == b:
             continue
-        saved = load_checkpoint(path)
+        saved = load_checkpoint(path, mmap=True)
         read.append(path)
         for name, tensor in saved.items():
+            if keys is not None and name not in keys:
+                continue
             pieces.setdefault(name, []).append(tensor[max(lo, a) - a : min(hi, b) - a])
+    # cat copies even a single piece, so no tensor keeps its mapped file open
     return {name: torch.cat(parts) for name, parts in pieces.items()}, read
 
 

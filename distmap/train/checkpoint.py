@@ -25,9 +25,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The saved state on the CPU. ``mmap`` maps the file instead of reading it: a tensor's pages
+    are read only when touched, so taking a few rows of one tensor never loads the whole file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise DataError(path, "checkpoint not found") from None
     except Exception as err:  # torch raises many types for a corrupt or foreign file

@@ -18,6 +18,7 @@ from distmap.align.terms import alignment_terms
 from distmap.config import Config
 from distmap.data.batches import QueryGroups
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
+from distmap.data.manifest import read_manifest
 from distmap.data.shards import FeatureShards
 from distmap.errors import DistmapError
 from distmap.models.model import KGEModel
@@ -46,24 +47,24 @@ def run_name(cfg: Config) -> str:
     return cfg.track.run_name or f"{Path(cfg.data.path).name}-{cfg.model.name}-seed{cfg.train.seed}"
 
 
-def feature_reader(kg: KnowledgeGraph, modalities: list[str]) -> FeatureReader:
+def feature_reader(root: Path, modalities: list[str]) -> FeatureReader:
     """Reads feature rows [lo, hi) of the dataset's modalities; a modality the dataset lacks is a
     one-line error naming the command that makes it."""
-    available = kg.manifest.get("features", {})
+    available = read_manifest(root).get("features", {})
     for m in modalities:
         if m not in available:
             make = (
-                f"distmap features text {kg.root} --source FILE.tsv"
+                f"distmap features text {root} --source FILE.tsv"
                 if m == "text"
-                else f"distmap features import {kg.root} --modality {m} --file FILE.npy"
+                else f"distmap features import {root} --modality {m} --file FILE.npy"
             )
             have = ", ".join(sorted(available)) or "none"
             raise DistmapError(
-                f"data.modalities: {kg.root} has no '{m}' features (it has: {have}); make them with `{make}`"
+                f"data.modalities: {root} has no '{m}' features (it has: {have}); make them with `{make}`"
             )
 
     def read(modality: str, lo: int, hi: int) -> FeatureRows:
-        block = FeatureShards(kg.root, modality).read(lo, hi)
+        block = FeatureShards(root, modality).read(lo, hi)
         return FeatureRows(torch.from_numpy(block.values), torch.from_numpy(block.mask), block.parts_read)
 
     return read
@@ -193,7 +194,7 @@ class LocalEngine:
             kg.num_relations,
             cfg.train.seed,
             modalities=cfg.data.modalities,
-            read_features=feature_reader(kg, cfg.data.modalities),
+            read_features=feature_reader(kg.root, cfg.data.modalities),
         ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
