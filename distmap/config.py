@@ -52,7 +52,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """1-vs-all training with reciprocal relations (kbc style)."""
+    """1-vs-all training with reciprocal relations (kbc style).
+
+    ``allow_leaky_valid`` lets a run select its model on a valid split of which more than 5 % of
+    the lines also occur in train (see ``distmap.data.hygiene``); without it such a run is refused.
+    """
 
     epochs: int = 50
     batch_size: int = 1000
@@ -69,6 +73,7 @@ class TrainConfig:
     tie: TieBreak = "realistic"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
+    allow_leaky_valid: bool = False
 
     def check(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")
