@@ -344,6 +344,12 @@ def test_a_header_like_line_after_the_first_is_data(tmp_path: Path) -> None:
     assert "relation" in KnowledgeGraph.load(tmp_path / "o").relations
 
 
+def test_unseen_triples_alone_do_not_suggest_clean(tmp_path: Path) -> None:
+    lines: list[str] = []
+    prepare_dataset(tiny(tmp_path / "toy", {"test.tsv": "c\tlikes\tz\n"}), tmp_path / "o", log=lines.append)
+    assert lines[-2] == "WARNING: kept as published; --clean would keep these (train ∩ test, unseen)"
+
+
 def test_every_dataset_file_has_the_same_mode(tmp_path: Path) -> None:
     out = tmp_path / "out"
     prepare_dataset(write_raw(tmp_path / "dirty", DIRTY), out, clean=True, log=lambda _: None)

@@ -87,6 +87,12 @@ def valid_in_train_share(hygiene: dict[str, Any]) -> float:
     return hygiene["overlap"]["valid_in_train"]["lines"] / hygiene["lines"]["valid"]
 
 
+def cleanable(hygiene: dict[str, Any]) -> bool:
+    """Whether `prepare --clean` would remove anything: it keeps train ∩ test and unseen triples."""
+    duplicates = any(c["lines"] for c in hygiene["duplicates"].values())
+    return duplicates or any(hygiene["overlap"][name]["lines"] for name in ("valid_in_train", "valid_in_test"))
+
+
 # ---------------------------------------------------------------- report
 
 

@@ -97,7 +97,8 @@ def prepare_dataset(
     if clean:
         manifest = _write_cleaned(out_dir, raw_dir, raw, entities, relations, ids, checks, found, log)
     else:
-        hygiene.report(found, log, raw_dir.name, f"kept as published; {CLEAN_ADVICE}")
+        advice = CLEAN_ADVICE if hygiene.cleanable(found) else "--clean would keep these (train ∩ test, unseen)"
+        hygiene.report(found, log, raw_dir.name, f"kept as published; {advice}")
         _clear_output(out_dir)
         manifest = _write_dataset(out_dir, raw_dir, entities, relations, ids, checks, {**found, "cleaned": None})
     log(
