@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 def _prepare(args: argparse.Namespace) -> None:
     from distmap.data.prepare import prepare_dataset
 
-    prepare_dataset(args.raw_dir, args.out_dir, overwrite=args.overwrite)
+    prepare_dataset(
+        args.raw_dir, args.out_dir, overwrite=args.overwrite, clean=args.clean, skip_header=args.skip_header
+    )
 
 
 def _features_text(args: argparse.Namespace) -> None:
@@ -140,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("raw_dir", help="folder with train/valid/test.tsv[.gz] (h, r, t per line)")
     p.add_argument("out_dir", help="dataset directory to write (Parquet triples, tables, manifest.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset directory")
+    p.add_argument(
+        "--clean",
+        action="store_true",
+        help="drop duplicate lines and valid triples also in train or test; removed.tsv lists each with its reason",
+    )
+    p.add_argument("--skip-header", action="store_true", help="skip exactly the first line of each split file")
     p.set_defaults(func=_prepare)
 
     feats = sub.add_parser("features", help="add a feature modality to a dataset directory")

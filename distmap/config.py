@@ -144,6 +144,9 @@ class TrainConfig:
     with the loss summed over its true tails (the per-triple objective term for term);
     ``per_triple`` scores one row per triple, as kbc. ``batch_size`` counts ``batch_unit``:
     queries (groups) or triples (whole groups are kept together, so a batch holds about that many).
+
+    ``allow_leaky_valid`` lets a run select its model on a valid split of which more than 5 % of
+    the lines also occur in train (see ``distmap.data.hygiene``); without it such a run is refused.
     """
 
     epochs: int = 50
@@ -163,6 +166,7 @@ class TrainConfig:
     tie: TieBreak = "realistic"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
+    allow_leaky_valid: bool = False
 
     def check(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")

@@ -115,6 +115,10 @@ class Tracker:
             clean = {k.replace("@", "_at_"): float(v) for k, v in metrics.items()}
             self._mlflow.log_metrics(clean, step=step)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags(tags)
+
     def log_artifact(self, path: Path) -> None:
         if self._mlflow:
             self._mlflow.log_artifact(str(path))

@@ -111,6 +111,14 @@ CASES = [
         "leading/trailing whitespace in head field (column 1)",
     ),
     Case("bad-utf8", {"train.tsv": TRAIN.encode() + b"a\tlik\xffes\tb\n"}, prepare, "train.tsv", 4, "invalid UTF-8"),
+    Case(
+        "header-row",
+        {"test.tsv": "head\trelation\ttail\nc\tlikes\tb\n"},
+        prepare,
+        "test.tsv",
+        1,
+        "looks like a header row (head, relation, tail), not a triple; use --skip-header",
+    ),
     Case("nul-byte", {"valid.tsv": b"a\tknows\tc\x00\n"}, prepare, "valid.tsv", 1, "NUL byte"),
     Case(
         "missing-split",

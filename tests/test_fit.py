@@ -11,9 +11,11 @@ import torch
 
 from distmap.cli import main
 from distmap.config import Config, config_from_dict
+from distmap.data.prepare import prepare_dataset
 from distmap.errors import DistmapError
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from distmap.train.fit import fit
+from tests.conftest import ring_graph, write_triples
 
 
 def make_config(dataset: Path, tmp_path: Path, **train: object) -> Config:
@@ -125,3 +127,65 @@ def test_cli_train_evaluate_and_errors(ring_dataset: Path, tmp_path: Path, capsy
     assert "train.lrr" in err
     assert "unknown key" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def leaky_raw(tmp_path: Path) -> Path:
+    """The ring graph with 3 train triples copied into its 9 valid ones: 25 % of valid leaks."""
+    splits = ring_graph()
+    splits["valid"] += splits["train"][:3]
+    return write_triples(tmp_path / "leaky-raw", splits)
+
+
+def test_a_leaky_valid_split_is_refused_unless_allowed(
+    leaky_raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dataset = tmp_path / "leaky"
+    prepare_dataset(leaky_raw, dataset, log=quiet)
+    config = tmp_path / "run.yaml"
+    config.write_text(make_config(dataset, tmp_path, epochs=2).to_yaml())
+    capsys.readouterr()
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "25.0% of valid lines (3 of 12; 3 unique triples) also occur in train" in err
+    assert "distmap prepare --clean" in err
+    assert "train.allow_leaky_valid: true" in err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written or logged
+
+    cfg = make_config(dataset, tmp_path, epochs=2, allow_leaky_valid=True)
+    messages: list[str] = []
+    fit(cfg, log=messages.append)
+    warnings = [m for m in messages if m.startswith("WARNING")]
+    assert len(warnings) == 1
+    assert "25.0% of valid lines" in warnings[0]
+    assert "train.allow_leaky_valid: true" in warnings[0]
+    client = mlflow.MlflowClient(tracking_uri=cfg.track.tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert run.data.tags["distmap.leaky_valid"] == "true"
+    assert run.data.tags["distmap.valid_in_train_share"] == "0.2500"
+
+
+def test_a_manifest_without_hygiene_counts_gets_them_from_the_splits(leaky_raw: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "old"
+    prepare_dataset(leaky_raw, dataset, log=quiet)
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    del manifest["split_hygiene"]  # as written before split hygiene existed
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    cfg = make_config(dataset, tmp_path, epochs=2)
+    cfg.track.enabled = False
+    messages: list[str] = []
+    with pytest.raises(DistmapError, match=r"25\.0% of valid lines \(3 of 12"):
+        fit(cfg, log=messages.append)
+    assert any("has no split_hygiene" in m for m in messages)
+
+
+def test_the_cleaned_dataset_trains_without_permission(leaky_raw: Path, tmp_path: Path) -> None:
+    dataset = tmp_path / "clean"
+    prepare_dataset(leaky_raw, dataset, clean=True, log=quiet)
+    cfg = make_config(dataset, tmp_path, epochs=2)
+    cfg.track.enabled = False
+    messages: list[str] = []
+    result = fit(cfg, log=messages.append)
+    assert result.valid.metrics["both"]["mrr"] > 0
+    assert not any(m.startswith("WARNING") for m in messages)

@@ -10,8 +10,11 @@ import pytest
 
 from distmap.cli import main
 from distmap.config import Config, config_from_dict
+from distmap.data.prepare import prepare_dataset
 from distmap.distributed.trainer import RAY_DIR_MAX, fit_distributed, ray_temp_dir
+from distmap.errors import DistmapError
 from distmap.train.fit import fit
+from tests.conftest import ring_graph, write_triples
 from tests.test_dist import flat
 
 
@@ -65,3 +68,13 @@ def test_ray_session_folder_moves_to_tmp_when_the_output_path_is_too_deep(short_
     assert moved.parent == Path("/tmp")
     assert moved.name.startswith("distmap-ray-")
     moved.rmdir()
+
+
+def test_a_leaky_valid_split_is_refused_by_the_ray_workers_in_one_line(short_dir: Path) -> None:
+    splits = ring_graph()
+    splits["valid"] += splits["train"][:3]  # 3 of 12 valid lines leak
+    prepare_dataset(write_triples(short_dir / "raw", splits), short_dir / "leaky", log=lambda _: None)
+    cfg = make_config(short_dir / "leaky", short_dir, workers=2)
+    with pytest.raises(DistmapError, match=r"25\.0% of valid lines .*train\.allow_leaky_valid") as caught:
+        fit_distributed(cfg, log=lambda _: None)
+    assert "\n" not in str(caught.value)

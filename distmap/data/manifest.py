@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,9 +49,13 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically: readers see the old one or the new one, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=root)
-    with os.fdopen(fd, "w", encoding="utf-8") as stream:
+    """Replace the manifest atomically: readers see the old one or the new one, never half.
+
+    The temporary file is created like every other file of the dataset (mode from the umask, as
+    open() does), not 0600 as `tempfile.mkstemp` makes it; the pid keeps two writers apart.
+    """
+    tmp = root / f".{MANIFEST}.{os.getpid()}.tmp"
+    with tmp.open("w", encoding="utf-8") as stream:
         json.dump(manifest, stream, indent=2, ensure_ascii=False)
         stream.write("\n")
     os.replace(tmp, root / MANIFEST)

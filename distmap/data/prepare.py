@@ -1,8 +1,11 @@
 """Raw TSV triples -> a validated dataset directory (Parquet tables + manifest.json).
 
 Ids are positions in the sorted name lists: that is the row order of published feature
-matrices, so a user's matrix drops in without a remap. Nothing is dropped: oddities
-(duplicates, unseen entities, train/test overlap, blank lines) are counted and reported.
+matrices, so a user's matrix drops in without a remap. Nothing is dropped unless asked: oddities
+(duplicates, triples shared between splits, unseen entities, blank lines) are counted and
+reported, and split hygiene problems loudly (see `distmap.data.hygiene`). `clean=True` writes a
+copy without duplicates and leaked valid triples, and lists every line it removed, with the
+reason, in `removed.tsv`; the ids stay those of the uncleaned dataset.
 """
 
 from __future__ import annotations
@@ -18,17 +21,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from distmap.data import hygiene
+from distmap.data.hygiene import SPLITS, seen_in_train, split_hygiene
 from distmap.data.manifest import (
     FORMAT_VERSION,
     MANIFEST,
+    sha256_file,
     write_manifest,
     write_parquet,
 )
 from distmap.data.tsv import TsvReader, find_tsv, read_header
 from distmap.errors import DataError, DistmapError
 
-SPLITS = ("train", "valid", "test")
 TRIPLE_COLUMNS = ("head", "relation", "tail")
+# a first line with these fields (lower-cased) is a header row, not a triple
+HEADER_ROWS = {("head", "relation", "tail"), ("h", "r", "t"), ("subject", "predicate", "object")}
+REMOVED = "removed.tsv"
 ID_ORDER = "id = position of the name in Python sorted() order (Unicode code points)"
 LARGE_FILE_BYTES = 1 << 20  # show a progress bar from this size on disk
 EXAMPLES = 5
@@ -38,13 +46,15 @@ Log = Callable[[str], None]
 
 @dataclass
 class RawSplit:
-    """One split's triples as names, plus the blank lines seen while reading it."""
+    """One split's triples as names with their line numbers, plus the blank lines seen while reading it."""
 
     path: Path
     heads: list[str] = field(default_factory=list)
     relations: list[str] = field(default_factory=list)
     tails: list[str] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)  # 1-based line in the file, per triple
     blank_lines: list[int] = field(default_factory=list)
+    skipped_first_line: str | None = None
 
 
 @dataclass
@@ -57,15 +67,25 @@ class Listing:
 
 
 def prepare_dataset(
-    raw_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False, log: Log = print
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    overwrite: bool = False,
+    clean: bool = False,
+    skip_header: bool = False,
+    log: Log = print,
 ) -> dict[str, Any]:
-    """Turn `raw_dir/{train,valid,test}.tsv[.gz]` into a dataset directory; return its manifest."""
+    """Turn `raw_dir/{train,valid,test}.tsv[.gz]` into a dataset directory; return its manifest.
+
+    `skip_header` skips exactly the first line of each split file; `clean` drops duplicates and
+    valid triples also in train or test, writing each dropped line and its reason to `removed.tsv`.
+    """
     raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir)
     if not raw_dir.is_dir():
         raise DataError(raw_dir, "not a directory; expected a folder holding train, valid and test triples")
     if (out_dir / MANIFEST).exists() and not overwrite:
         raise DistmapError(f"{out_dir} already holds a prepared dataset; use --overwrite to replace it")
-    raw = {split: _read_split(raw_dir, split) for split in SPLITS}
+    raw = {split: _read_split(raw_dir, split, skip_header) for split in SPLITS}
     listed_entities = _read_listing(raw_dir, "entities", "entity")
     listed_relations = _read_listing(raw_dir, "relations", "relation")
     entities = _id_table([s.heads for s in raw.values()] + [s.tails for s in raw.values()], listed_entities.names)
@@ -73,11 +93,17 @@ def prepare_dataset(
     ids = {split: _to_ids(s, entities, relations) for split, s in raw.items()}
     checks = _checks(raw, ids, entities, relations, listed_entities, listed_relations)
     _report(checks, log)
-    _clear_output(out_dir)
-    manifest = _write_dataset(out_dir, raw_dir, entities, relations, ids, checks)
+    found = split_hygiene(ids, len(entities), len(relations))
+    if clean:
+        manifest = _write_cleaned(out_dir, raw_dir, raw, entities, relations, ids, checks, found, log)
+    else:
+        advice = CLEAN_ADVICE if hygiene.cleanable(found) else "--clean would keep these (train ∩ test, unseen)"
+        hygiene.report(found, log, raw_dir.name, f"kept as published; {advice}")
+        _clear_output(out_dir)
+        manifest = _write_dataset(out_dir, raw_dir, entities, relations, ids, checks, {**found, "cleaned": None})
     log(
         f"prepared {raw_dir.name}: {len(entities):,} entities, {len(relations):,} relations, "
-        + ", ".join(f"{split} {len(t):,}" for split, t in ids.items())
+        + ", ".join(f"{split} {entry['triples']:,}" for split, entry in manifest["splits"].items())
         + f" -> {out_dir}"
     )
     return manifest
@@ -87,26 +113,33 @@ def prepare_dataset(
 
 
 def _clear_output(out_dir: Path) -> None:
-    """Retire an old manifest before any file changes, and its features (their ids may shift).
+    """Retire an old manifest before any file changes, its features (their ids may shift) and an
+    old `removed.tsv` (it would describe another preparation).
 
     Runs only once the raw input has passed every check, so a bad input leaves the old dataset intact.
     """
     (out_dir / MANIFEST).unlink(missing_ok=True)
+    (out_dir / REMOVED).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "features", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _read_split(raw_dir: Path, split: str) -> RawSplit:
+def _read_split(raw_dir: Path, split: str, skip_header: bool) -> RawSplit:
     path = find_tsv(raw_dir, split)
     if path is None:
         raise DataError(raw_dir, f"missing split '{split}': expected {split}.tsv or {split}.tsv.gz")
     raw = RawSplit(path)
-    reader = TsvReader(path, TRIPLE_COLUMNS, progress=path.stat().st_size >= LARGE_FILE_BYTES)
-    for _, (head, relation, tail) in reader:
+    reader = TsvReader(path, TRIPLE_COLUMNS, skip_header=skip_header, progress=path.stat().st_size >= LARGE_FILE_BYTES)
+    for number, (head, relation, tail) in reader:
+        if number == 1 and tuple(f.lower() for f in (head, relation, tail)) in HEADER_ROWS:
+            problem = f"looks like a header row ({head}, {relation}, {tail}), not a triple; use --skip-header to skip"
+            raise DataError(path, problem + " the first line of each split file", number)
         raw.heads.append(head)
         raw.relations.append(relation)
         raw.tails.append(tail)
+        raw.lines.append(number)
     raw.blank_lines = reader.blank_lines
+    raw.skipped_first_line = reader.skipped_first_line
     if not raw.heads:
         raise DataError(path, f"split '{split}' is empty: no triples")
     return raw
@@ -155,14 +188,6 @@ def _to_ids(raw: RawSplit, entities: list[str], relations: list[str]) -> np.ndar
     return np.stack([c.to_numpy() for c in columns], axis=1).astype(np.int32)
 
 
-def _triple_keys(triples: np.ndarray, num_entities: int, num_relations: int) -> np.ndarray:
-    """One int64 per triple, so set operations on triples are numpy set operations."""
-    if num_entities * num_entities * num_relations >= 2**63:
-        raise DistmapError("graph too large for the int64 triple keys used by the checks")
-    t = triples.astype(np.int64)
-    return (t[:, 0] * num_relations + t[:, 1]) * num_entities + t[:, 2]
-
-
 # ---------------------------------------------------------------- checks
 
 
@@ -174,15 +199,11 @@ def _checks(
     listed_entities: Listing,
     listed_relations: Listing,
 ) -> dict[str, Any]:
-    """Counts of everything suspicious; every triple is kept whatever these say."""
-    keys = {split: _triple_keys(t, len(entities), len(relations)) for split, t in ids.items()}
+    """Counts and examples of everything suspicious but split hygiene (`distmap.data.hygiene`)."""
     files: list[RawSplit | Listing] = [*raw.values(), listed_entities, listed_relations]
     return {
         "blank_lines": {f.path.name: _examples_and_count(f.blank_lines) for f in files if f.path and f.blank_lines},
-        "duplicate_triples": {split: int(len(k) - len(np.unique(k))) for split, k in keys.items()},
-        "overlap_with_train": {
-            split: int(np.isin(keys[split], keys["train"]).sum()) for split in SPLITS if split != "train"
-        },
+        "skipped_first_lines": {s.path.name: s.skipped_first_line for s in raw.values() if s.skipped_first_line},
         "unseen_in_train": _unseen(ids, entities, relations),
         "listed_not_in_triples": {
             "entities": _examples_and_count(_unused(listed_entities.names, ids, entities, (0, 2))),
@@ -196,13 +217,8 @@ def _checks(
 
 
 def _unseen(ids: dict[str, np.ndarray], entities: list[str], relations: list[str]) -> dict[str, Any]:
-    """Valid/test triples using an entity or relation that never occurs in train."""
-    train = ids["train"]
-    seen_entity = np.zeros(len(entities), dtype=bool)
-    seen_entity[train[:, 0]] = True
-    seen_entity[train[:, 2]] = True
-    seen_relation = np.zeros(len(relations), dtype=bool)
-    seen_relation[train[:, 1]] = True
+    """Valid/test triples using an entity or relation that never occurs in train, by kind, with examples."""
+    seen_entity, seen_relation = seen_in_train(ids["train"], len(entities), len(relations))
     report = {}
     for split in SPLITS[1:]:
         t = ids[split]
@@ -242,24 +258,11 @@ def _examples_and_count(items: Sequence[Any]) -> dict[str, Any]:
 
 
 def _report(checks: dict[str, Any], log: Log) -> None:
-    """One short line per finding; test/train overlap is shouted because it inflates metrics."""
+    """One short line per finding; split hygiene has its own block (`hygiene.report`)."""
     for name, blank in checks["blank_lines"].items():
         log(f"note: {name}: skipped {blank['count']} blank line(s), e.g. line(s) {blank['examples']}")
-    for split, count in checks["duplicate_triples"].items():
-        if count:
-            log(f"note: {split}: {count:,} duplicate triple(s) (kept)")
-    for split, count in checks["overlap_with_train"].items():
-        if count and split == "test":
-            log(f"WARNING: {count:,} test triple(s) also occur in train: test metrics will be inflated")
-        elif count:
-            log(f"note: {count:,} {split} triple(s) also occur in train (kept)")
-    for split, unseen in checks["unseen_in_train"].items():
-        if unseen["triples_with_unseen_entity"] or unseen["triples_with_unseen_relation"]:
-            log(
-                f"note: {split}: {unseen['triples_with_unseen_entity']:,} triple(s) with an entity unseen in train "
-                f"({unseen['unseen_entities']['count']:,} entities), "
-                f"{unseen['triples_with_unseen_relation']:,} with a relation unseen in train (kept, evaluated)"
-            )
+    for name, line in checks["skipped_first_lines"].items():
+        log(f"note: {name}: skipped line 1 (--skip-header): {line!r}")
     for kind in ("entities", "relations"):
         unused = checks["listed_not_in_triples"][kind]
         if unused["count"]:
@@ -282,6 +285,7 @@ def _write_dataset(
     relations: list[str],
     ids: dict[str, np.ndarray],
     checks: dict[str, Any],
+    counts: dict[str, Any],
 ) -> dict[str, Any]:
     """Tables first, manifest last: a crash never leaves a manifest pointing at missing files."""
     splits = {}
@@ -301,6 +305,7 @@ def _write_dataset(
         "relations": _write_names(out_dir / "relations.parquet", relations),
         "splits": splits,
         "checks": checks,
+        hygiene.KEY: counts,
         "features": {},
     }
     write_manifest(out_dir, manifest)
@@ -310,3 +315,68 @@ def _write_dataset(
 def _write_names(path: Path, names: list[str]) -> dict[str, Any]:
     table = pa.table({"id": np.arange(len(names), dtype=np.int32), "name": pa.array(names, pa.string())})
     return {"file": path.name, "sha256": write_parquet(table, path)}
+
+
+# ---------------------------------------------------------------- clean
+
+
+CLEAN_ADVICE = "`distmap prepare --clean` drops duplicates and valid triples also in train or test (into removed.tsv)"
+
+
+def _write_cleaned(
+    out_dir: Path,
+    raw_dir: Path,
+    raw: dict[str, RawSplit],
+    entities: list[str],
+    relations: list[str],
+    ids: dict[str, np.ndarray],
+    checks: dict[str, Any],
+    found: dict[str, Any],
+    log: Log,
+) -> dict[str, Any]:
+    """`prepare --clean`: report the input as published, drop, report what is left, write it all."""
+    hygiene.report(found, log, f"{raw_dir.name} as published", "--clean drops duplicates and leaked valid triples")
+    dropped = hygiene.removals(ids, {s: np.array(r.lines) for s, r in raw.items()}, len(entities), len(relations))
+    ids = _drop_rows(ids, dropped)
+    log(
+        f"--clean: removing {sum(len(d) for d in dropped.values()):,} line(s) ("
+        + ", ".join(f"{split} {len(d):,}" for split, d in dropped.items())
+        + f"), each listed with its reason in {out_dir / REMOVED}"
+    )
+    kept = split_hygiene(ids, len(entities), len(relations))
+    hygiene.report(kept, log, f"{raw_dir.name} after --clean", "--clean keeps train ∩ test and unseen triples")
+    _clear_output(out_dir)
+    cleaned = _write_removed(out_dir / REMOVED, raw, dropped, found)
+    return _write_dataset(out_dir, raw_dir, entities, relations, ids, checks, {**kept, "cleaned": cleaned})
+
+
+def _drop_rows(ids: dict[str, np.ndarray], dropped: dict[str, dict[int, str]]) -> dict[str, np.ndarray]:
+    """Each split's (n, 3) ids without the dropped rows; a split left empty is an error (nothing to evaluate)."""
+    kept = {}
+    for split, triples in ids.items():
+        keep = np.ones(len(triples), dtype=bool)
+        keep[list(dropped[split])] = False
+        if not keep.any():
+            raise DistmapError(f"--clean would leave split '{split}' empty: every line is a duplicate or leaked")
+        kept[split] = triples[keep]
+    return kept
+
+
+def _write_removed(
+    path: Path, raw: dict[str, RawSplit], dropped: dict[str, dict[int, str]], found: dict[str, Any]
+) -> dict[str, Any]:
+    """`removed.tsv`: one line per removed input line (split, line number, triple, reason), so the
+    cleaned dataset plus this file hold every input line exactly once. Returns the manifest entry."""
+    rows = ["split\tline\thead\trelation\ttail\treason"]
+    for split, reasons in dropped.items():
+        r = raw[split]
+        rows += [
+            f"{split}\t{r.lines[i]}\t{r.heads[i]}\t{r.relations[i]}\t{r.tails[i]}\t{why}" for i, why in reasons.items()
+        ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return {
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "removed_lines": {split: len(reasons) for split, reasons in dropped.items()},
+        "as_published": found,
+    }

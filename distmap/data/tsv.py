@@ -38,7 +38,8 @@ class TsvReader:
 
     `columns` names the expected columns (used in messages); `optional` names columns that
     may be empty (e.g. a missing description). Blank lines are skipped, and their line
-    numbers are kept in `blank_lines` so that callers report them.
+    numbers are kept in `blank_lines` so that callers report them; `skip_header` skips line 1,
+    whatever it holds, and keeps it in `skipped_first_line`.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class TsvReader:
         self.optional = frozenset(optional)
         self.progress = progress
         self.blank_lines: list[int] = []
+        self.skipped_first_line: str | None = None
 
     def __iter__(self) -> Iterator[tuple[int, list[str]]]:
         with open_binary(self.path) as stream:
@@ -71,6 +73,7 @@ class TsvReader:
             )
             for number, line in lines:
                 if number == 1 and self.skip_header:
+                    self.skipped_first_line = line
                     continue
                 if not line.strip():
                     self.blank_lines.append(number)

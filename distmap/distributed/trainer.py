@@ -96,6 +96,13 @@ def _worker_loop(config: dict[str, Any]) -> None:
         run(engine, cfg, log, chief=rank == 0)
 
 
+def _user_error(err: Exception) -> DistmapError | None:
+    """The lowest rank's own user error (e.g. a leaky valid split refused by `run`), so the CLI
+    prints its one line rather than Ray's report of every worker's traceback."""
+    failures = getattr(err, "worker_failures", {})  # ray.train.WorkerGroupError: rank -> exception
+    return next((e for _, e in sorted(failures.items()) if isinstance(e, DistmapError)), None)
+
+
 def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` on ``cfg.scale.workers`` Ray Train workers; returns the run's metrics summary."""
     cfg = absolute_paths(cfg)
@@ -154,6 +161,9 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
     except DistmapError:
         raise
     except Exception as err:  # Ray wraps worker errors; the message says which worker and why
+        user_error = _user_error(err)
+        if user_error is not None:
+            raise user_error from None
         raise DistmapError(f"distributed run {name} failed: {err}") from err
     finally:
         if started:

@@ -17,8 +17,10 @@ import torch
 from distmap.align.terms import alignment_terms
 from distmap.config import Config
 from distmap.data.batches import QueryGroups
+from distmap.data.hygiene import KEY as HYGIENE_KEY
+from distmap.data.hygiene import LEAKY_VALID_SHARE, split_hygiene
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
-from distmap.data.manifest import read_manifest
+from distmap.data.manifest import MANIFEST, read_manifest
 from distmap.data.shards import FeatureShards
 from distmap.errors import DistmapError
 from distmap.models.model import KGEModel
@@ -115,12 +117,13 @@ def build_filter(kg: KnowledgeGraph, device: torch.device) -> FilterIndex:
 
 
 def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
-    """A checkpoint resumes only the same run: everything but the epoch budget, patience and tracking must match."""
+    """A checkpoint resumes only the same run: all but the epoch budget, patience, threads, the leaky-valid
+    permission and tracking must match."""
 
     def comparable(config: dict[str, Any]) -> dict[str, Any]:
         out = copy.deepcopy(config)
         out.pop("track", None)
-        for key in ("epochs", "patience", "threads"):
+        for key in ("epochs", "patience", "threads", "allow_leaky_valid"):
             out["train"].pop(key, None)
         return out
 
@@ -168,6 +171,7 @@ class Progress:
 class Engine(Protocol):
     """What a run needs from its model: one process, or one worker of a sharded group."""
 
+    kg: KnowledgeGraph
     num_examples: int
 
     def train_epoch(self, desc: str) -> EpochStats: ...
@@ -267,6 +271,8 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
     """
     name = run_name(cfg)
     run_dir = Path(cfg.track.output_dir) / name
+    leak = valid_leak(engine.kg, log if chief else lambda _: None)
+    refuse_leaky_valid(leak, cfg)
     progress = engine.load()
     if progress is None:
         progress = Progress()
@@ -277,6 +283,9 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
         progress.mlflow_run_id = tracker.start(name, cfg.flat(), progress.mlflow_run_id)
+        if leak.leaky:
+            log(f"WARNING: {leak}; selecting on it anyway (train.allow_leaky_valid: true): valid metrics are inflated")
+            tracker.set_tags({"distmap.leaky_valid": "true", "distmap.valid_in_train_share": f"{leak.share:.4f}"})
     try:
         train_epochs(engine, cfg, progress, tracker, log)
         engine.use_best()
@@ -294,6 +303,50 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
         f"test ({cfg.train.tie} ties):\n{test.table()}"
     )
     return FitResult(run_dir, progress.best_epoch, valid, test, progress.history)
+
+
+@dataclass(frozen=True)
+class ValidLeak:
+    """Valid lines whose triple also occurs in train: selecting on such a valid split rewards memorising train."""
+
+    lines: int
+    unique: int
+    valid_lines: int
+
+    @property
+    def share(self) -> float:
+        return self.lines / self.valid_lines
+
+    @property
+    def leaky(self) -> bool:
+        return self.share > LEAKY_VALID_SHARE
+
+    def __str__(self) -> str:
+        return (
+            f"{self.share:.1%} of valid lines ({self.lines:,} of {self.valid_lines:,}; {self.unique:,} unique triples) "
+            f"also occur in train, over the {LEAKY_VALID_SHARE:.0%} that model selection tolerates"
+        )
+
+
+def valid_leak(kg: KnowledgeGraph, log: Callable[[str], None]) -> ValidLeak:
+    """Train ∩ valid as `prepare` counted it in the manifest; a manifest written before those counts
+    existed gets them computed here from the loaded splits (one numpy pass), with a note."""
+    counts = kg.manifest.get(HYGIENE_KEY)
+    if counts is None:
+        log(f"note: {kg.root / MANIFEST} has no {HYGIENE_KEY} (prepared by an older distmap); computed from the splits")
+        ids = {split: triples.numpy() for split, triples in kg.splits.items()}
+        counts = split_hygiene(ids, kg.num_entities, kg.num_relations)
+    overlap = counts["overlap"]["valid_in_train"]
+    return ValidLeak(overlap["lines"], overlap["unique"], counts["lines"]["valid"])
+
+
+def refuse_leaky_valid(leak: ValidLeak, cfg: Config) -> None:
+    """Every rank refuses alike (the counts are the same everywhere), before anything is written."""
+    if leak.leaky and not cfg.train.allow_leaky_valid:
+        raise DistmapError(
+            f"{cfg.data.path}: {leak}; re-prepare with `distmap prepare --clean`, "
+            "or set train.allow_leaky_valid: true to select on it anyway"
+        )
 
 
 def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Tracker, log: Callable[[str], None]) -> None:
