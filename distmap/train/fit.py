@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -46,7 +47,9 @@ class FitResult:
 
 
 def run_name(cfg: Config) -> str:
-    return cfg.track.run_name or f"{Path(cfg.data.path).name}-{cfg.model.name}-seed{cfg.train.seed}"
+    """``track.run_name``, else ``<dataset>-<model label>-seed<n>`` (``wn9-img-map-wo-r-seed0`` for "MAP w/o R")."""
+    label = re.sub(r"[^a-z0-9]+", "-", cfg.model.display_name.lower()).strip("-")
+    return cfg.track.run_name or f"{Path(cfg.data.path).name}-{label}-seed{cfg.train.seed}"
 
 
 def feature_reader(root: Path, modalities: list[str]) -> FeatureReader:
@@ -389,6 +392,7 @@ def _write_outputs(
 ) -> list[Path]:
     metrics = {
         "run": name,
+        "label": cfg.model.display_name,
         "dataset": Path(cfg.data.path).name,
         "model": cfg.model.name,
         "modalities": ["structure", *cfg.data.modalities],
