@@ -40,13 +40,20 @@ class EntityTable(nn.Module):
     """Entity embeddings for global rows [lo, hi) of ``num_total``."""
 
     def __init__(
-        self, num_total: int, dim: int, init_scale: float, seed: int, lo: int = 0, hi: int | None = None
+        self,
+        num_total: int,
+        dim: int,
+        init_scale: float,
+        seed: int,
+        lo: int = 0,
+        hi: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.num_total = num_total
         self.lo = lo
         self.hi = num_total if hi is None else hi
-        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed))
+        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed).to(dtype))
 
     def rows(self, ids: Tensor) -> Tensor:
         """Embeddings of global entity ids, which must lie in this table's range."""
@@ -93,11 +100,12 @@ class KGEModel(nn.Module):
         init_scale: float,
         seed: int = 0,
         entity_range: tuple[int, int] | None = None,
+        table_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.interaction = interaction
         lo, hi = entity_range or (0, num_entities)
-        self.entities = EntityTable(num_entities, interaction.entity_dim(rank), init_scale, seed, lo, hi)
+        self.entities = EntityTable(num_entities, interaction.entity_dim(rank), init_scale, seed, lo, hi, table_dtype)
         rel_dim = interaction.relation_dim(rank)
         generator = torch.Generator().manual_seed(seed)  # relations are replicated: same draw everywhere
         if isinstance(interaction, RotatE):
@@ -114,9 +122,10 @@ class KGEModel(nn.Module):
         """This model's rows in every view; a structural model's fused rows are its table (no copy).
 
         ``fetch`` gives structural rows outside this block (a model that needs some, e.g. OTKGE's
-        anchor entities, uses it; the default reads the local table).
+        anchor entities, uses it; the default reads the local table). A bfloat16 table is read as
+        float32 (a copy: evaluation and the exact objective compute in float32).
         """
-        weight = self.entities.weight
+        weight = self.entities.weight.float()
         return EntityViews(self.entities.lo, weight, weight)
 
     def auxiliary_loss(self, views: EntityViews, rows: Tensor) -> Tensor:

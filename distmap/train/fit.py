@@ -23,6 +23,7 @@ from distmap.data.hygiene import LEAKY_VALID_SHARE, split_hygiene
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
 from distmap.data.manifest import MANIFEST, read_manifest
 from distmap.data.shards import FeatureShards
+from distmap.distributed.sharded import sampled_step
 from distmap.errors import DistmapError
 from distmap.models.model import KGEModel
 from distmap.models.multimodal import FeatureRows
@@ -31,10 +32,14 @@ from distmap.plots import training_curve
 from distmap.track import Tracker
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
-from distmap.train.loop import EpochStats, train_epoch
+from distmap.train.loop import EpochStats, StepLoss, local_step, run_epoch
 from distmap.train.objective import Objective, frequency_class_weights
+from distmap.train.sampled import CandidateSampler
+from distmap.train.sparse import SplitOptimizer, TableAdagrad
 
 SELECTION_METRIC = "both/mrr"
+
+Optimizer = torch.optim.Optimizer | SplitOptimizer
 
 
 @dataclass
@@ -83,14 +88,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    """Adagrad or Adam over ``params`` (already on their device).
+def make_optimizer(name: str, model: KGEModel, lr: float, sparse: bool = False) -> Optimizer:
+    """The optimizer of ``model`` (parameters already on their device).
 
-    On CPU the fused kernels update each row in one pass: the stock Adagrad allocates a
-    table-sized ``sqrt(sum)`` and reads the table four times, which at 10^6 rows costs
+    Adagrad or Adam: on CPU the fused kernels update each row in one pass: the stock Adagrad
+    allocates a table-sized ``sqrt(sum)`` and reads the table four times, which at 10^6 rows costs
     more than the step's GEMMs (benchmarks/scale.py). CUDA keeps torch's default (foreach).
+    ``rowwise_adagrad``, or ``sparse`` (the sampled objective's touched-rows updates), give the entity
+    table a ``TableAdagrad`` and every other parameter element-wise Adagrad.
     """
-    params = list(params)
+    table = model.entities.weight
+    if name == "rowwise_adagrad" or sparse:
+        rest = [p for p in model.parameters() if p is not table]
+        return SplitOptimizer(TableAdagrad([table], lr, rowwise=name == "rowwise_adagrad"), _stock("adagrad", rest, lr))
+    return _stock(name, list(model.parameters()), lr)
+
+
+def _stock(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     fused = True if all(p.device.type == "cpu" for p in params) else None
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, fused=fused)
@@ -152,6 +166,23 @@ def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tup
     return groups, objective, build_filter(kg, device)
 
 
+def training_step(
+    cfg: Config,
+    model: KGEModel,
+    groups: QueryGroups,
+    objective: Objective,
+    optimizer: Optimizer,
+    sampler: CandidateSampler,
+    exact: Callable[[KGEModel, QueryGroups, Objective], StepLoss] = local_step,
+) -> StepLoss:
+    """The step of ``train.objective``: ``exact`` (one process's or a worker's 1-vs-all step) or the
+    sampled step, which is the same code for one process and P workers."""
+    if cfg.train.objective == "exact":
+        return exact(model, groups, objective)
+    assert isinstance(optimizer, SplitOptimizer)  # make_optimizer(..., sparse=True) gives one
+    return sampled_step(model, groups, objective, optimizer.table, sampler, cfg.train.candidates)
+
+
 @dataclass
 class Progress:
     """Where a run stands, beyond its tensors: saved in every checkpoint."""
@@ -202,18 +233,20 @@ class LocalEngine:
             cfg.train.seed,
             modalities=cfg.data.modalities,
             read_features=feature_reader(kg.root, cfg.data.modalities),
+            table_dtype=getattr(torch, cfg.train.table_dtype),
         ).to(device)
-        self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
+        self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.sampler = CandidateSampler(cfg.train.seed)
         self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
         self.num_examples = self.groups.num_triples
         self.best: dict[str, torch.Tensor] | None = None
 
     def train_epoch(self, desc: str) -> EpochStats:
         t = self.cfg.train
-        return train_epoch(
-            self.model, self.groups, self.optimizer, self.objective, t.batch_size, self.generator, desc, t.batch_unit
-        )
+        self.model.train()
+        step = training_step(self.cfg, self.model, self.groups, self.objective, self.optimizer, self.sampler)
+        return run_epoch(step, self.optimizer, self.groups, t.batch_size, self.generator, desc, unit=t.batch_unit)
 
     def evaluate(self, split: str) -> EvalResult:
         return evaluate_split(self.model, self.kg, split, self.filter_index, self.cfg)
@@ -233,6 +266,7 @@ class LocalEngine:
                 "optimizer": self.optimizer.state_dict(),
                 "best_state": self.best,
                 "generator": self.generator.get_state(),
+                "sampler_steps": self.sampler.steps,
                 "torch_rng": torch.get_rng_state(),
                 "config": self.cfg.to_dict(),
             },
@@ -246,6 +280,7 @@ class LocalEngine:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
+        self.sampler.steps = saved["sampler_steps"]
         torch.set_rng_state(saved["torch_rng"])
         self.best = saved["best_state"]
         return Progress.from_saved(saved)
