@@ -288,6 +288,11 @@ class Config:
             "train.candidates",
             "objective sampled draws at least one candidate per worker: candidates >= scale.workers",
         )
+        _require(
+            not self.scale.shard_triples or self.train.class_weights == "none",
+            "scale.shard_triples",
+            "class_weights: frequency counts targets over all training triples; use class_weights: none",
+        )
         aligning = self.align.lambda_align > 0 or self.align.lambda_preserve > 0
         _require(
             not aligning or bool(self.data.modalities),

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from distmap.config import Config
+from distmap.data.batches import QueryGroups
 from distmap.data.kg import KnowledgeGraph
-from distmap.distributed.collectives import barrier, world
+from distmap.distributed.collectives import all_reduce_, barrier, world
 from distmap.distributed.partition import row_ranges
 from distmap.distributed.shard_checkpoint import (
     COMMON,
@@ -32,6 +33,7 @@ from distmap.distributed.shard_checkpoint import (
     save_rows,
 )
 from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.distributed.triple_shards import ShardedGroups, range_filter, read_train_shard
 from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import load_checkpoint, save_checkpoint
@@ -41,6 +43,7 @@ from distmap.train.fit import (
     check_resumable,
     feature_reader,
     make_optimizer,
+    training_groups,
     training_parts,
     training_step,
 )
@@ -89,8 +92,16 @@ class ShardedEngine:
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.sampler = CandidateSampler(cfg.train.seed)
-        self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
-        self.num_examples = self.groups.num_triples
+        self.train_row_groups: list[int] = []  # of train.parquet, read by this worker under scale.shard_triples
+        self.groups: QueryGroups | ShardedGroups
+        if cfg.scale.shard_triples:
+            triples, self.train_row_groups = read_train_shard(kg, self.rank, size)
+            local, self.objective = training_groups(cfg, triples, kg.num_entities, kg.num_relations, device)
+            self.groups, self.filter_index = ShardedGroups(local), range_filter(kg, self.lo, self.hi, device)
+            self.num_examples = int(all_reduce_(torch.tensor([local.num_triples])))
+        else:
+            self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
+            self.num_examples = self.groups.num_triples
         # Everything but the entity rows (relations, projections, fusion) is replicated on every worker.
         self.replicated = {n: p for n, p in self.model.named_parameters() if p is not self.model.entities.weight}
         self.keep_best()

@@ -153,17 +153,22 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
 def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[QueryGroups, Objective, FilterIndex]:
     """Training examples (with reciprocals) grouped by query (``train.loop``), the objective and the
     filter: the same for 1 or P workers."""
-    examples = add_reciprocals(kg.train, kg.num_relations)
+    groups, objective = training_groups(cfg, kg.train, kg.num_entities, kg.num_relations, device)
+    return groups, objective, build_filter(kg, device)
+
+
+def training_groups(
+    cfg: Config, train: torch.Tensor, num_entities: int, num_relations: int, device: torch.device
+) -> tuple[QueryGroups, Objective]:
+    """``train`` triples with reciprocals, grouped by query, and the objective."""
+    examples = add_reciprocals(train, num_relations)
     weights = (
-        frequency_class_weights(examples, kg.num_entities).to(device)
-        if cfg.train.class_weights == "frequency"
-        else None
+        frequency_class_weights(examples, num_entities).to(device) if cfg.train.class_weights == "frequency" else None
     )
     objective = Objective(
         cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights, alignment_terms(cfg.align)
     )
-    groups = QueryGroups.build(examples, grouped=cfg.train.loop == "grouped")
-    return groups, objective, build_filter(kg, device)
+    return QueryGroups.build(examples, grouped=cfg.train.loop == "grouped"), objective
 
 
 def training_step(
