@@ -20,20 +20,21 @@ from distmap.models.interactions import Interaction, RotatE
 INIT_BLOCK_ROWS = 4096
 
 
-def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int) -> Tensor:
+def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """N(0, scale^2) rows [lo, hi) of a table, identical whichever worker makes which range.
 
     Rows come in fixed blocks, each from its own generator seeded by (seed, block), so a worker
-    draws only its blocks: no full table anywhere, and any partition gives the same rows.
+    draws only its blocks: no full table anywhere, and any partition gives the same rows. Each
+    block is scaled and cast as it is written, so a bfloat16 table never exists in float32.
     """
-    out = torch.empty(hi - lo, dim)
+    out = torch.empty(hi - lo, dim, dtype=dtype)
     for block in range(lo // INIT_BLOCK_ROWS, -(-hi // INIT_BLOCK_ROWS)):
         start = block * INIT_BLOCK_ROWS
         generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
         rows = torch.randn(INIT_BLOCK_ROWS, dim, generator=generator)
         a, b = max(lo, start), min(hi, start + INIT_BLOCK_ROWS)
-        out[a - lo : b - lo] = rows[a - start : b - start]
-    return out * scale
+        out[a - lo : b - lo] = rows[a - start : b - start] * scale
+    return out
 
 
 class EntityTable(nn.Module):
@@ -53,7 +54,7 @@ class EntityTable(nn.Module):
         self.num_total = num_total
         self.lo = lo
         self.hi = num_total if hi is None else hi
-        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed).to(dtype))
+        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed, dtype))
 
     def rows(self, ids: Tensor) -> Tensor:
         """Embeddings of global entity ids, which must lie in this table's range."""
