@@ -420,6 +420,54 @@ def project(args: argparse.Namespace) -> None:
 
 
 CUDA_RESERVE = 2 * 2**30
+GPU_FLOPS = 50e12  # assumed sustained float32 GEMM rate per GPU (an H100 SXM peaks at ~67 TFLOP/s)
+LINK_BYTES = 50e9  # assumed per-GPU collective bandwidth (bytes/s; NVLink within a node, ~IB between)
+COLLECTIVE_LATENCY = 50e-6  # per collective call
+STEP_OVERHEAD = 1e-3  # kernel launches, gathers of touched rows, their row-wise update: memory-bound, small
+SAMPLED_COLLECTIVES = 6  # rows of heads/tails (fwd, bwd), max, sum of exp, target logit, relation gradients
+
+
+def project_sampled(args: argparse.Namespace) -> None:
+    """The same 10^8-entity setting under ``train.objective: sampled`` with a bfloat16 table and row-wise
+    Adagrad: memory from ``sampled_memory_estimate`` (checked against RSS above), bytes per step from
+    ``StepBytes.predict`` (the same collectives as the exact step), and an epoch time from the
+    assumptions named in the printout."""
+    n, dim = args.project, make_interaction(args.model).entity_dim(args.rank)
+    budget = args.gpu_memory_gib * 2**30 - CUDA_RESERVE
+    examples = 2 * args.project_triples  # with reciprocals
+    print(
+        f"\nsampled projection: {n:,} entities, {args.project_triples:,.0f} triples ({examples:,.0f} examples with "
+        f"reciprocals), {args.model} rank {args.rank}, bfloat16 table, row-wise Adagrad, S = B candidates per step; "
+        f"assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s GEMMs, {LINK_BYTES / 1e9:.0f} GB/s links, "
+        f"{COLLECTIVE_LATENCY * 1e6:.0f} µs per collective, {STEP_OVERHEAD * 1e3:.0f} ms other work per step\n"
+    )
+    print(
+        "| GPUs | B = S | table GiB/GPU | row-wise Adagrad GiB/GPU | step buffers GiB | est. peak GiB/GPU | fits? "
+        "| largest B = S that fits | collective payload MiB/step/GPU | ring MiB sent/step/GPU "
+        "| scoring GFLOP/step/GPU | est. step ms | steps/epoch | est. epoch min (DGL-KE: 100) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for gpus in args.gpus:
+        rows = -(-n // gpus)
+        for batch in args.project_sampled_batches:
+            peak = sampled_memory_estimate(rows, dim, batch, batch, gpus, 2, True)
+            table, state = rows * dim * 2, rows * FLOAT
+            low, high = 0, 1 << 24  # largest B = S whose estimate fits, by bisection
+            while high - low > 1:
+                mid = (low + high) // 2
+                fits = sampled_memory_estimate(rows, dim, mid, mid, gpus, 2, True) <= budget
+                low, high = (mid, high) if fits else (low, mid)
+            step = StepBytes.predict(batch, gpus, dim, 2 * args.project_relations)
+            ring = step.ring_traffic(gpus)
+            flops = 3 * 2 * batch * (batch + batch) / gpus * dim  # B queries × (S + B true tails) / P candidates
+            seconds = flops / GPU_FLOPS + ring / LINK_BYTES + SAMPLED_COLLECTIVES * COLLECTIVE_LATENCY + STEP_OVERHEAD
+            steps = -(-examples // batch)
+            print(
+                f"| {gpus} | {batch:,} | {gib(table)} | {gib(state)} | {gib(peak - table - state - GROUP_BYTES)} "
+                f"| {gib(peak)} | {'yes' if peak <= budget else 'no'} | {low:,} "
+                f"| {(step.all_reduce + step.all_gather) / 2**20:.1f} | {ring / 2**20:.1f} | {flops / 1e9:.1f} "
+                f"| {seconds * 1e3:.2f} | {steps:,} | {steps * seconds / 60:.0f} |"
+            )
 
 
 def int_list(text: str) -> list[int]:
@@ -440,6 +488,8 @@ def main() -> None:
     parser.add_argument("--project-relations", type=int, default=1000)
     parser.add_argument("--project-batch", type=int, default=1000)
     parser.add_argument("--gpus", type=int_list, default=[8, 64])
+    parser.add_argument("--project-triples", type=lambda x: int(float(x)), default=340_000_000)
+    parser.add_argument("--project-sampled-batches", type=int_list, default=[1000, 10000])
     parser.add_argument("--gpu-memory-gib", type=float, default=79.0, help="per GPU (an 80 GB H100 shows ~79)")
     parser.add_argument("--skip-measure", action="store_true", help="print only the projection")
     parser.add_argument("--objective", choices=["exact", "sampled"], default="exact")
@@ -460,6 +510,7 @@ def main() -> None:
     measured = run_sampled_table if args.objective == "sampled" else run_table
     ok = True if args.skip_measure else measured(args)
     project(args)
+    project_sampled(args)
     raise SystemExit(0 if ok else 1)
 
 
