@@ -16,6 +16,10 @@ collective. One step:
    split over the workers by pairs, so its terms are counted once.
 
 With one worker (or no process group) this is the single-process objective on the same batch.
+
+``sampled_step`` is the same step for ``train.objective: sampled``: each worker scores the queries
+against its sampled candidate rows instead of all of its rows (``distmap.train.sampled``), with
+the same collectives, and only the rows it touched get a gradient and an update.
 """
 
 from __future__ import annotations
