@@ -350,3 +350,12 @@ def test_sampled_checkpoint_restores_on_another_worker_count(ring_dataset: Path,
         assert [h["loss"] for h in resumed["history"][:4]] == [h["loss"] for h in straight["history"][:4]]
         if size == 2:  # same partition, same draws: the uninterrupted run
             assert resumed["metrics"] == straight["metrics"]
+
+
+def test_rowwise_adagrad_trains_and_resumes_the_exact_objective(ring_dataset: Path, tmp_path: Path) -> None:
+    settings = {"objective": "exact", "optimizer": "rowwise_adagrad"}
+    straight = fit(sampled_config(ring_dataset, tmp_path / "a", 8, **settings), log=lambda _: None)
+    assert straight.test.metrics["both"]["mrr"] > 0.3, straight.test.table()
+    fit(sampled_config(ring_dataset, tmp_path / "b", 4, **settings), log=lambda _: None)
+    resumed = fit(sampled_config(ring_dataset, tmp_path / "b", 8, **settings), log=lambda _: None)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
