@@ -171,7 +171,10 @@ def _distmap_worker(
         engine = ShardedEngine(cfg, KnowledgeGraph.load(cfg.data.path), torch.device("cpu"), None, lambda *_: None)
         seconds: list[float] = []
         while not seconds or (len(seconds) < epochs if epochs else sum(seconds) + seconds[-1] <= budget):
-            seconds.append(engine.train_epoch(f"epoch {len(seconds) + 1}").seconds)
+            # the slowest worker's epoch time, so that all workers decide alike whether another fits
+            took = torch.tensor([engine.train_epoch(f"epoch {len(seconds) + 1}").seconds])
+            dist.all_reduce(took, op=dist.ReduceOp.MAX)
+            seconds.append(float(took))
         result: dict[str, Any] = {"epoch_seconds": seconds, "examples": engine.num_examples}
         if evaluate:
             test = engine.evaluate("test")
