@@ -199,7 +199,9 @@ class TrackConfig:
     def check(self) -> None:
         _require(len(self.probe_entities) != 1, "track.probe_entities", "a spread needs at least two entities")
         _require(
-            len(set(self.probe_entities)) == len(self.probe_entities), "track.probe_entities", "an entity is listed twice"
+            len(set(self.probe_entities)) == len(self.probe_entities),
+            "track.probe_entities",
+            "an entity is listed twice",
         )
 
 

@@ -49,9 +49,9 @@ def test_spread_is_logged_per_epoch(ring_dataset: Path, tmp_path: Path) -> None:
 
 
 def test_bad_probe_names_are_refused(ring_dataset: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="track.probe_entities: a spread needs at least two"):
+    with pytest.raises(ConfigError, match=r"track\.probe_entities: a spread needs at least two"):
         config_from_dict(probe_config(ring_dataset, tmp_path, ["e000"]))
     cfg = config_from_dict(probe_config(ring_dataset, tmp_path, ["e000", "nope"]))
-    with pytest.raises(DistmapError, match="track.probe_entities: nope not an entity"):
+    with pytest.raises(DistmapError, match=r"track\.probe_entities: nope not an entity"):
         fit(cfg, log=lambda _: None)
     assert not (tmp_path / "runs").exists()

@@ -175,7 +175,11 @@ class Progress:
 
     def validation(self) -> dict[str, float]:
         """What a checkpoint reports to Ray (Train, or Tune's schedulers): the latest validation."""
-        return {"epoch": self.epoch, "valid_mrr": self.history[-1][f"valid/{SELECTION_METRIC}"], "best_mrr": self.best_mrr}
+        return {
+            "epoch": self.epoch,
+            "valid_mrr": self.history[-1][f"valid/{SELECTION_METRIC}"],
+            "best_mrr": self.best_mrr,
+        }
 
 
 class Engine(Protocol):
