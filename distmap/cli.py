@@ -1,4 +1,4 @@
-"""Command line: ``distmap prepare | features | train | evaluate | predict | export | report``.
+"""Command line: ``distmap prepare | features | train | tune | evaluate | predict | export | report | ui``.
 
 User errors (bad files, bad config keys) print one line naming the file and the problem and
 exit with status 2; only bugs show a traceback.
@@ -125,6 +125,13 @@ def _load_run(run_dir: Path, overrides: list[str], tie: str | None) -> tuple[Con
     return cfg, kg, model, best_epoch
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from distmap.tune.run import run_study
+    from distmap.tune.study import load_study
+
+    run_study(load_study(args.study, args.set))
+
+
 def _report(args: argparse.Namespace) -> None:
     from distmap.report import load_runs, results_table
 
@@ -170,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML run config, e.g. configs/wn9img/complex.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.05")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("tune", help="a Ray Tune study over a training config; every trial an MLflow run")
+    p.add_argument("study", help="YAML study, e.g. configs/tune/wn9img_map_params.yaml; run again to resume it")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the training config"
+    )
+    p.set_defaults(func=_tune)
 
     p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint (filtered ranking)")
     p.add_argument("run_dir", help="a run folder written by `distmap train` (runs/<name>)")
