@@ -14,16 +14,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distmap.config import ModelConfig
+from distmap.align.terms import alignment_terms
+from distmap.config import AlignConfig, ModelConfig, OTKGEConfig
 from distmap.data.batches import QueryGroups
 from distmap.data.kg import add_reciprocals
 from distmap.distributed.collectives import free_port
 from distmap.distributed.partition import owners, row_ranges
 from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.models.model import EntityViews
+from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.evaluate import FilterIndex, evaluate
 from distmap.train.loop import StepLoss, local_step, run_epoch
-from distmap.train.objective import Objective
+from distmap.train.objective import LossTerm, Objective
 
 N, R, STEPS_BATCH = 37, 3, 48
 
@@ -50,15 +53,87 @@ def recording(step: StepLoss, losses: list[float]) -> StepLoss:
     return wrapped
 
 
-def train(name: str, rank: int, world_size: int, epochs: int = 2, grouped: bool = True) -> dict[str, object]:
-    """Two epochs of Adagrad on the toy graph, sharded when ``world_size`` > 1; then evaluation."""
+FEATURES = {"text": 6, "visual": 5}
+
+
+def features() -> dict[str, FeatureRows]:
+    """Synthetic feature rows for every entity, a few marked "no feature"."""
+    g = torch.Generator().manual_seed(11)
+    out = {}
+    for i, (m, dim) in enumerate(FEATURES.items()):
+        present = torch.rand(N, generator=g) > 0.15 + 0.1 * i
+        out[m] = FeatureRows(torch.randn(N, dim, generator=g) * present[:, None], present)
+    return out
+
+
+class PerRange:
+    """A loss term applied to each worker range's own rows, as P workers apply it: the P = 1 reference
+    for terms over sub-distributions (deterministic ones: no sampling)."""
+
+    name = "per-range"
+
+    def __init__(self, term: LossTerm, ranges: list[tuple[int, int]]) -> None:
+        self.term, self.ranges = term, ranges
+
+    def __call__(self, views: EntityViews, rows: torch.Tensor) -> torch.Tensor:
+        total = views.structure.new_zeros(())
+        for a, b in self.ranges:
+            part = EntityViews(
+                a,
+                views.structure[a:b],
+                views.fused[a:b],
+                {m: v[a:b] for m, v in views.projected.items()},
+                {m: v[a:b] for m, v in views.present.items()},
+                {m: v[a:b] for m, v in views.features.items()},
+            )
+            total = total + self.term(part, rows[(rows >= a) & (rows < b)] - a)
+        return total
+
+
+VARIANTS = {  # name -> (model config, modalities, alignment)
+    "complex": (ModelConfig(name="complex", rank=4, init_scale=0.3), [], None),
+    "transe": (ModelConfig(name="transe", rank=4, init_scale=0.3), [], None),
+    "map-base": (ModelConfig(name="map", rank=4, init_scale=0.3), ["text", "visual"], None),
+    "otkge": (
+        ModelConfig(name="otkge", rank=4, init_scale=0.3, otkge=OTKGEConfig(anchors=3, scale=1.0)),
+        ["text"],
+        None,
+    ),
+    "map-aligned": (
+        ModelConfig(name="map", rank=4, init_scale=0.3),
+        ["text", "visual"],
+        AlignConfig(lambda_align=0.5, lambda_preserve=0.5, sample=0, extra=0),
+    ),
+}
+
+
+def train(
+    name: str, rank: int, world_size: int, epochs: int = 2, grouped: bool = True, reference_for: int = 1
+) -> dict[str, object]:
+    """Two epochs of Adagrad on the toy graph, sharded when ``world_size`` > 1; then evaluation.
+
+    ``reference_for``: with one worker, apply alignment terms per row range of that many workers.
+    """
     train_triples, test_triples = graph()
     groups = QueryGroups.build(add_reciprocals(train_triples, R), grouped=grouped)
     lo, hi = row_ranges(N, world_size)[rank]
-    model = build_model(ModelConfig(name=name, rank=4, init_scale=0.3), N, R, seed=3, entity_range=(lo, hi))
+    cfg, modalities, align = VARIANTS[name]
+    rows = features()
+    model = build_model(
+        cfg,
+        N,
+        R,
+        seed=3,
+        entity_range=(lo, hi),
+        modalities=modalities,
+        read_features=lambda m, a, b: FeatureRows(rows[m].values[a:b], rows[m].present[a:b]),
+    )
     optimizer = torch.optim.Adagrad(model.parameters(), lr=0.1)
     weight = torch.linspace(0.2, 1.0, N)
-    objective = Objective("n3", 0.01, label_smoothing=0.1, class_weight=weight)
+    terms = alignment_terms(align) if align else ()
+    if world_size == 1 and reference_for > 1:
+        terms = tuple(PerRange(t, row_ranges(N, reference_for)) for t in terms)
+    objective = Objective("n3", 0.01, label_smoothing=0.1, class_weight=weight, terms=terms)
     generator = torch.Generator().manual_seed(7)
     losses: list[float] = []
     for _ in range(epochs):
@@ -83,6 +158,7 @@ def train(name: str, rank: int, world_size: int, epochs: int = 2, grouped: bool 
         "losses": losses,
         "rows": model.entities.weight.detach().clone(),
         "relations": model.relations.detach(),
+        "replicated": {n: p.detach() for n, p in model.named_parameters() if p is not model.entities.weight},
         "optimizer_rows": state.shape[0],
         "range": (lo, hi),
         "gt": result.counts["tail"].gt,
@@ -110,15 +186,26 @@ def run_sharded(name: str, world_size: int, tmp_path: Path, grouped: bool = True
 
 @pytest.mark.parametrize(
     ("name", "world_size", "grouped"),
-    [("complex", 2, True), ("complex", 3, True), ("transe", 2, True), ("complex", 2, False)],
+    [
+        ("complex", 2, True),
+        ("complex", 3, True),
+        ("transe", 2, True),
+        ("complex", 2, False),
+        ("map-base", 2, True),
+        ("otkge", 3, True),
+        ("map-aligned", 2, True),
+    ],
 )
 def test_sharded_workers_match_one(name: str, world_size: int, grouped: bool, tmp_path: Path) -> None:
-    """Grouped (default) and per-triple loops: P workers give the losses, rows and metrics of one process."""
-    single = train(name, 0, 1, grouped=grouped)
+    """Grouped (default) and per-triple loops, structural and multimodal models, MAP's terms with each
+    worker's sub-distribution fixed (its own rows of the batch): P workers give the losses, rows,
+    replicated weights and metrics of one process."""
+    single = train(name, 0, 1, grouped=grouped, reference_for=world_size)
     workers = run_sharded(name, world_size, tmp_path, grouped)
     for w in workers:
         torch.testing.assert_close(torch.tensor(w["losses"]), torch.tensor(single["losses"]), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(w["relations"], single["relations"], rtol=1e-5, atol=1e-5)
+        for key, value in single["replicated"].items():
+            torch.testing.assert_close(w["replicated"][key], value, rtol=1e-5, atol=1e-5)
         assert flat(w["metrics"]) == pytest.approx(flat(single["metrics"]), abs=1e-6)
     rows = torch.cat([w["rows"] for w in workers])
     torch.testing.assert_close(rows, single["rows"], rtol=1e-5, atol=1e-5)
