@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -192,7 +193,7 @@ def _check_space(study: Study) -> None:
     flat = study.base.flat()
     for key, param in study.space.items():
         if key not in flat:
-            close = [k for k in flat if k.split(".")[-1] == key.split(".")[-1]]
+            close = difflib.get_close_matches(key, list(flat), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError(f"space.{key}: not a key of the training config {study.cfg.train}{hint}", f"space.{key}")
         for i, value in enumerate(param.values):
