@@ -1,49 +1,26 @@
 """A study's bookkeeping in MLflow, beside what each trial's run logs itself: failures recorded,
 runs that a scheduler stopped closed as KILLED, and the study's best trial marked.
 
-Runs are found by name (``<study>-<trial id>``) in the study's experiment, so the driver and the
-trials agree without passing run ids around, also across a resumed study.
+Runs are found by name (``<study>-<trial id>``, ``distmap.track.find_run``) in the study's experiment,
+so the driver and the trials agree without passing run ids around, also across a resumed study.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from distmap.config import TrackConfig
-from distmap.track import Tracker
+from distmap.track import Tracker, find_run, mlflow_client
 
 ERROR_TAG = "distmap.error"
 BEST_TAG = "distmap.study_best"
 STOPPED_TAG = "distmap.stopped"
 
 
-def _client(track: TrackConfig) -> Any:
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=track.tracking_uri)
-
-
-def find_run(track: TrackConfig) -> Any | None:
-    """The newest MLflow run named ``track.run_name`` in ``track.experiment``, or None."""
-    client = _client(track)
-    experiment = client.get_experiment_by_name(track.experiment)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"attributes.run_name = '{track.run_name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
-
-
 def tag_run(track: TrackConfig, tags: dict[str, str]) -> None:
     run = find_run(track)
     if run is not None:
-        client = _client(track)
+        client = mlflow_client(track.tracking_uri)
         for key, value in tags.items():
             client.set_tag(run.info.run_id, key, value)
 
@@ -61,7 +38,7 @@ def record_failure(track: TrackConfig, params: dict[str, Any], tags: dict[str, s
         return
     tag_run(track, {**tags, ERROR_TAG: error})
     if run.info.status == "RUNNING":
-        _client(track).set_terminated(run.info.run_id, "FAILED")
+        mlflow_client(track.tracking_uri).set_terminated(run.info.run_id, "FAILED")
 
 
 def close_stopped(track: TrackConfig, tags: dict[str, str]) -> None:
@@ -72,7 +49,7 @@ def close_stopped(track: TrackConfig, tags: dict[str, str]) -> None:
         return
     tag_run(track, {**tags, STOPPED_TAG: "stopped early by the scheduler (ASHA)"})
     if run.info.status != "KILLED":
-        _client(track).set_terminated(run.info.run_id, "KILLED")
+        mlflow_client(track.tracking_uri).set_terminated(run.info.run_id, "KILLED")
 
 
 def mark_best(track: TrackConfig, others: list[TrackConfig]) -> str | None:
@@ -80,7 +57,7 @@ def mark_best(track: TrackConfig, others: list[TrackConfig]) -> str | None:
     best = find_run(track)
     if best is None:
         return None
-    client = _client(track)
+    client = mlflow_client(track.tracking_uri)
     for other in others:
         run = find_run(other)
         if run is not None and run.info.run_id != best.info.run_id and BEST_TAG in run.data.tags:
