@@ -133,12 +133,39 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from distmap.report import load_runs, results_table
+    if not args.runs and not args.store:
+        raise DistmapError("give run folders (a results table) and/or --store URI (figures into --out)")
+    if args.runs:
+        from distmap.report import load_runs, results_table
 
-    runs = load_runs([Path(p) for p in args.runs])
-    if not runs:
-        raise DistmapError(f"no metrics.json under {', '.join(args.runs)}: train some runs first")
-    print(results_table(runs))
+        runs = load_runs([Path(p) for p in args.runs])
+        if not runs:
+            raise DistmapError(f"no metrics.json under {', '.join(args.runs)}: train some runs first")
+        print(results_table(runs))
+    if args.store:
+        from distmap.figures import read_names, write_report
+
+        names = read_names(Path(args.names)) if args.names else {}
+        report = write_report(args.store, Path(args.out), names)
+        print(f"figures and tables -> {report.parent} ({report.name} links them)")
+
+
+def _wdist(args: argparse.Namespace) -> None:
+    from distmap.diagnostics.wdistance import modality_distances
+
+    print("| run | model | epoch | modality | entities | W2 (exact LP) | MLflow run |")
+    print("|---|---|---|---|---|---|---|")
+    for run_dir in args.run_dirs:
+        d = modality_distances(Path(run_dir))
+        for m, value in d.distances.items():
+            mlflow_run = d.mlflow_run_id or "-"
+            print(f"| {d.run} | {d.label} | {d.epoch} | {m} | {d.entities[m]:,} | {value:.4f} | {mlflow_run} |")
+
+
+def _ui(args: argparse.Namespace) -> None:
+    from distmap.ui import serve
+
+    serve(args.store, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,9 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("report", help="markdown table of finished runs: mean ± std over seeds, paper beside")
-    p.add_argument("runs", nargs="+", help="run folders or folders of runs (each with metrics.json)")
+    p = sub.add_parser("report", help="results table of runs (paper beside) and/or the figures from an MLflow store")
+    p.add_argument("runs", nargs="*", help="run folders or folders of runs (each with metrics.json)")
+    p.add_argument("--store", metavar="URI", help="MLflow store to draw figures from, e.g. sqlite:///mlflow.db")
+    p.add_argument("--out", default="docs/figures", help="folder for the PNGs and report.md (default: docs/figures)")
+    p.add_argument(
+        "--names", metavar="TSV", help="entity display names (header; entity, names), e.g. WN9-IMG's glosses file"
+    )
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("wdist", help="Fig. 1: exact-LP W2 between each modality and structure of finished runs")
+    p.add_argument("run_dirs", nargs="+", help="run folders (runs/<name>); the values are added to their MLflow runs")
+    p.set_defaults(func=_wdist)
+
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
+    p.add_argument("--store", default="mlflow.db", help="the SQLite store (default: ./mlflow.db)")
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    p.set_defaults(func=_ui)
     return parser
 
 
