@@ -20,6 +20,8 @@ from distmap.store import RunRecord, read_store
 
 TEST_MRR = "test/both/mrr"
 FIG2A_LABELS = ("MAP", "MAP w/o R")
+# Fig. 1's bars from no alignment to MAP; other labels follow in the order found.
+FIG1_ORDER = ("MAP w/o R & A", "OTKGE", "entity-level full OT", "MAP w/o A", "MAP w/o R", "MAP")
 
 
 def read_names(path: Path) -> dict[str, str]:
@@ -76,6 +78,11 @@ def _run_label(run: RunRecord, members: list[RunRecord]) -> str:
     return run.label if same == 1 else f"{run.label} ({run.name})"
 
 
+def _heading(title: str) -> str:
+    """A figure's (two-line) title as a markdown heading."""
+    return title.replace("\n", ", ")
+
+
 def _f(value: float | None) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -106,10 +113,10 @@ def study_sections(runs: list[RunRecord], out: Path) -> list[str]:
                         _f(run.metrics.get("test/both/hits_at_10")),
                     ]
                 )
-        title = f"Parameter study {study}: {base.label}, {base.title}"
+        title = f"Parameter study {study}: {base.label}\n{base.title}, {len(members)} finished trials"
         png = plots.parameter_study(panels, out / f"params_{_slug(study)}.png", title)
         parts.append(
-            f"### {title}\n\n![]({png.name})\n\n"
+            f"### {_heading(title)}\n\n![]({png.name})\n\n"
             + _table(["key", "value", "valid MRR (best)", "test MRR", "test H@10"], rows)
         )
     return parts
@@ -124,11 +131,14 @@ def wdistance_section(runs: list[RunRecord], out: Path) -> list[str]:
         )
     if not values:
         return []
-    title = f"Fig. 1: exact-LP W2(projected modality, structure) after training, {measured[0].title}"
+    rank = {label: i for i, label in enumerate(FIG1_ORDER)}
+    values = dict(sorted(values.items(), key=lambda item: rank.get(item[0], len(rank))))
+    title = f"Fig. 1: exact-LP W2 between projected modality and structural rows\nafter training, {measured[0].title}"
     png = plots.grouped_bars(values, out / "fig1_wdistance.png", title, "2-Wasserstein distance (embedding units)")
     rows = [[label, m, f"{v:.4f}"] for label, by in values.items() for m, v in sorted(by.items())]
     return [
-        f"### {title}\n\n![]({png.name})\n\n" + _table(["model", "modality", "W2 (exact LP, uniform weights)"], rows)
+        f"### {_heading(title)}\n\n![]({png.name})\n\n"
+        + _table(["model", "modality", "W2 (exact LP, uniform weights)"], rows)
     ]
 
 
@@ -142,8 +152,9 @@ def spread_section(runs: list[RunRecord], out: Path, names: dict[str, str]) -> l
         return []
     entities = [e.strip(" '\"") for e in chosen[0].params.get("track.probe_entities", "").strip("[]").split(",")]
     named = ", ".join(f"{names[e]} ({e})" if e in names else e for e in entities)
-    title = f"Fig. 2a: spread of 5 related entities' fused rows, {chosen[0].title}"
-    png = plots.lines(series, out / "fig2a_spread.png", f"{title}\n{named}", "epoch", "sum of pairwise L2 distances")
+    title = f"Fig. 2a: spread of {len(entities)} related entities' fused rows, {chosen[0].title}"
+    ylabel = "sum of pairwise L2 distances (embedding units)"
+    png = plots.lines(series, out / "fig2a_spread.png", f"{title}\n{named}", "epoch", ylabel)
     epochs = sorted({step for points in series.values() for step, _ in points})
     rows = [[str(e), *(_f(dict(series[label]).get(e)) for label in series)] for e in epochs]
     return [f"### {title}\n\nEntities: {named}\n\n![]({png.name})\n\n" + _table(["epoch", *series], rows)]

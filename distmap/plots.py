@@ -57,7 +57,7 @@ def training_curves(runs: dict[str, tuple[Series, Series]], path: Path, title: s
 
 def parameter_study(panels: dict[str, tuple[Series, float]], path: Path, title: str) -> Path:
     """Test MRR against each varied key, one panel per key: key -> (points, the base value)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(4 * len(panels), 7), 4.2), squeeze=False)
     for ax, (key, (points, base)) in zip(axes[0], panels.items(), strict=True):
         xs, ys = zip(*sorted(points), strict=True)
         ax.plot(xs, ys, "o-", label="test MRR")
@@ -74,7 +74,7 @@ def grouped_bars(values: dict[str, dict[str, float]], path: Path, title: str, yl
     """One bar per (label, group), groups side by side: label -> group -> value."""
     groups = sorted({g for by in values.values() for g in by})
     width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(1.6 * len(values) + 2, 4))
+    fig, ax = plt.subplots(figsize=(max(1.6 * len(values) + 2, 7), 4.5))
     for i, group in enumerate(groups):
         xs = [j + i * width for j in range(len(values))]
         ys = [by.get(group, float("nan")) for by in values.values()]
