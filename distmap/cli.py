@@ -153,13 +153,16 @@ def _report(args: argparse.Namespace) -> None:
 def _wdist(args: argparse.Namespace) -> None:
     from distmap.diagnostics.wdistance import modality_distances
 
-    print("| run | model | epoch | modality | entities | W2 (exact LP) | MLflow run |")
-    print("|---|---|---|---|---|---|---|")
+    print("| run | model | epoch | modality | entities | W2 (exact LP) | W2 / RMS structural norm | MLflow run |")
+    print("|---|---|---|---|---|---|---|---|")
     for run_dir in args.run_dirs:
         d = modality_distances(Path(run_dir))
         for m, value in d.distances.items():
             mlflow_run = d.mlflow_run_id or "-"
-            print(f"| {d.run} | {d.label} | {d.epoch} | {m} | {d.entities[m]:,} | {value:.4f} | {mlflow_run} |")
+            print(
+                f"| {d.run} | {d.label} | {d.epoch} | {m} | {d.entities[m]:,} | {value:.4f} | {d.relative[m]:.4f} "
+                f"| {mlflow_run} |"
+            )
 
 
 def _ui(args: argparse.Namespace) -> None:

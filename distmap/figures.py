@@ -127,23 +127,27 @@ def study_sections(runs: list[RunRecord], out: Path) -> list[str]:
 
 
 def wdistance_section(runs: list[RunRecord], out: Path) -> list[str]:
-    values: dict[str, dict[str, float]] = {}
     measured = [r for r in runs if any(k.startswith("wdist/") for k in r.metrics)]
-    for run in measured:
-        values.setdefault(
-            run.label, {k.removeprefix("wdist/"): v for k, v in run.metrics.items() if k.startswith("wdist/")}
-        )
-    if not values:
+    if not measured:
         return []
     rank = {label: i for i, label in enumerate(FIG1_ORDER)}
-    values = dict(sorted(values.items(), key=lambda item: rank.get(item[0], len(rank))))
+    measured.sort(key=lambda r: rank.get(r.label, len(rank)))
+    absolute: dict[str, dict[str, float]] = {}
+    relative: dict[str, dict[str, float]] = {}
+    for run in measured:  # the newest run of each label
+        for prefix, into in (("wdist/", absolute), ("wdist_rel/", relative)):
+            into.setdefault(
+                run.label, {k.removeprefix(prefix): v for k, v in run.metrics.items() if k.startswith(prefix)}
+            )
     title = f"Fig. 1: exact-LP W2 between projected modality and structural rows\nafter training, {measured[0].title}"
-    png = plots.grouped_bars(values, out / "fig1_wdistance.png", title, "2-Wasserstein distance (embedding units)")
-    rows = [[label, m, f"{v:.4f}"] for label, by in values.items() for m, v in sorted(by.items())]
-    return [
-        f"### {_heading(title)}\n\n![]({png.name})\n\n"
-        + _table(["model", "modality", "W2 (exact LP, uniform weights)"], rows)
+    png = plots.grouped_bars(absolute, out / "fig1_wdistance.png", title, "2-Wasserstein distance (embedding units)")
+    rows = [
+        [label, m, f"{v:.4f}", _f(relative.get(label, {}).get(m))]
+        for label, by in absolute.items()
+        for m, v in sorted(by.items())
     ]
+    header = ["model", "modality", "W2 (exact LP, uniform weights)", "W2 / RMS norm of the structural rows"]
+    return [f"### {_heading(title)}\n\n![]({png.name})\n\n" + _table(header, rows)]
 
 
 def spread_section(runs: list[RunRecord], out: Path, names: dict[str, str]) -> list[str]:
