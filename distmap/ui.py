@@ -1,14 +1,13 @@
 """``distmap ui``: the MLflow UI over the project's store, on 127.0.0.1 only.
 
 The store's artifacts live beside it (``mlartifacts/``, see ``distmap.track``); the server is
-told so, so run artifacts (curves, metrics.json, configs) open in the UI. It runs in the
-foreground until Ctrl+C.
+told so, so run artifacts (curves, metrics.json, configs) open in the UI. The server replaces this
+process (same PID): Ctrl+C, or SIGTERM to that PID, stops it and its workers.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -41,7 +40,4 @@ def serve(store: str, port: int) -> None:
         raise DistmapError(f"{path}: no MLflow store here; train a run first (it creates ./mlflow.db)")
     command = server_command(path, port)
     print(f"MLflow UI on http://127.0.0.1:{port} over {path.absolute()} (Ctrl+C stops it)", flush=True)
-    try:
-        subprocess.run(command, check=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
-    except subprocess.CalledProcessError as err:
-        raise DistmapError(f"mlflow server exited with status {err.returncode}") from None
+    os.execve(command[0], command, {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
