@@ -2,7 +2,7 @@
 
 The store's artifacts live beside it (``mlartifacts/``, see ``distmap.track``); the server is
 told so, so run artifacts (curves, metrics.json, configs) open in the UI. The server replaces this
-process (same PID): Ctrl+C, or SIGTERM to that PID, stops it and its workers.
+process (same PID): Ctrl+C (SIGINT to that PID) stops it and its workers.
 """
 
 from __future__ import annotations
