@@ -28,13 +28,14 @@ import argparse
 import dataclasses
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from train_speed import cpu_name, median_time  # benchmarks/ is on the path when run as a script
 
 from distmap.align.terms import FullAlignment, MinibatchAlignment, alignment_terms
 from distmap.config import Config, TrackConfig, load_config
@@ -58,18 +59,6 @@ def views(n: int, dim: int, seed: int = 0) -> tuple[EntityViews, list[torch.Tens
     return EntityViews(0, structure, structure, {"text": projected}, {"text": present}), [structure, projected]
 
 
-def timed(call: Callable[[], None], repeats: int, warmup: bool = True) -> float:
-    """Median seconds of ``call`` (after one warm-up call)."""
-    if warmup:
-        call()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
 def step_call(term: Callable, v: EntityViews, leaves: list[torch.Tensor], batch: int, n: int) -> Callable[[], None]:
     def call() -> None:
         rows = torch.unique(torch.randint(0, n, (2 * batch,)))
@@ -86,7 +75,7 @@ def steps_per_epoch(n: int, batch: int) -> int:
 
 def measure_map(term: MinibatchAlignment, n: int, dim: int, batch: int, repeats: int) -> float:
     v, leaves = views(n, dim)
-    return timed(step_call(term, v, leaves, batch, n), repeats)
+    return median_time(step_call(term, v, leaves, batch, n), repeats)
 
 
 def measure_full(term: FullAlignment, n: int, dim: int, batch: int, repeats: int) -> tuple[float, float]:
@@ -94,9 +83,11 @@ def measure_full(term: FullAlignment, n: int, dim: int, batch: int, repeats: int
     warm-up: it is long), then steps of a copy that keeps the plan just solved."""
     v, leaves = views(n, dim)
     solving = dataclasses.replace(term, plan_every=1, _plans={})
-    solve = timed(step_call(solving, v, leaves, batch, n), 1, warmup=False)
+    start = time.perf_counter()
+    step_call(solving, v, leaves, batch, n)()
+    solve = time.perf_counter() - start
     keeping = dataclasses.replace(solving, plan_every=10**9)  # shares the plan; its step count is past 0
-    reuse = timed(step_call(keeping, v, leaves, batch, n), repeats)
+    reuse = median_time(step_call(keeping, v, leaves, batch, n), repeats)
     return reuse, max(solve - reuse, 0.0)
 
 
@@ -186,6 +177,8 @@ def main() -> None:
 
     print_table(rows, map_cfg, full_cfg, solve_fit, reuse_fit, args)
     out = {
+        "cpu": cpu_name(),
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "threads": args.threads,
         "batch_size": args.batch_size,
         "dim": dim,
@@ -209,7 +202,8 @@ def print_table(
     args: argparse.Namespace,
 ) -> None:
     print(
-        f"\nalignment alone, {args.threads} thread(s), batch {args.batch_size} queries, rows of width "
+        f"\n{cpu_name()}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; alignment alone, {args.threads} thread(s), "
+        f"batch {args.batch_size} queries, rows of width "
         f"{2 * map_cfg.model.rank}; MAP: sample {map_cfg.align.sample} + extra {map_cfg.align.extra}, "
         f"{map_cfg.align.solver}; full OT: {full_cfg.align.solver}, plan every {full_cfg.align.plan_every} steps; "
         f"full-OT solve ~ N^{solve_fit[1]:.2f}, step ~ N^{reuse_fit[1]:.2f} (fit on the largest measured N)\n"
