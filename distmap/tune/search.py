@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from distmap.errors import DistmapError
 from distmap.tune.study import Param, Study
 
 METRIC = "valid_mrr"
@@ -52,7 +53,10 @@ def search_algorithm(study: Study) -> Any:
     search = study.cfg.search
     if search.algorithm != "optuna":
         return None
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        raise DistmapError("search.algorithm: optuna needs the tune extra (pip install optuna==5.0.0)") from None
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=search.seed))
