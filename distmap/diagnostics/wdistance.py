@@ -55,7 +55,7 @@ def modality_distances(run_dir: Path) -> RunDistances:
         present = views.present[m]
         structure = views.structure[present]
         distances[m] = wasserstein_exact(views.projected[m][present], structure)
-        relative[m] = distances[m] / float(structure.double().pow(2).sum(1).mean().sqrt())
+        relative[m] = distances[m] / float(structure.detach().double().pow(2).sum(1).mean().sqrt())
         counts[m] = int(present.sum())
     track = dataclasses.replace(cfg.track, run_name=run_name(cfg))
     run = find_run(track) if cfg.track.enabled else None
