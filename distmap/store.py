@@ -54,7 +54,9 @@ def _modalities(params: dict[str, str]) -> list[str]:
 
 
 def _history(client: Any, run_id: str, key: str) -> list[tuple[int, float]]:
-    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    """(step, value) by step; a resumed run logs again the epochs after its checkpoint: the newest value counts."""
+    newest = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+    return sorted(newest.items())
 
 
 def read_store(tracking_uri: str) -> tuple[list[RunRecord], dict[str, list[tuple[int, float]]] | None]:
