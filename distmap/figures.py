@@ -162,7 +162,8 @@ def spread_section(runs: list[RunRecord], out: Path, names: dict[str, str]) -> l
     named = ", ".join(f"{names[e]} ({e})" if e in names else e for e in entities)
     title = f"Fig. 2a: spread of {len(entities)} related entities' fused rows, {chosen[0].title}"
     ylabel = "sum of pairwise L2 distances (embedding units)"
-    png = plots.lines(series, out / "fig2a_spread.png", f"{title}\n{named}", "epoch", ylabel)
+    short = ", ".join(names.get(e, e) for e in entities)
+    png = plots.lines(series, out / "fig2a_spread.png", f"{title}\n{short}", "epoch", ylabel)
     epochs = sorted({step for points in series.values() for step, _ in points})
     rows = [[str(e), *(_f(dict(series[label]).get(e)) for label in series)] for e in epochs]
     return [f"### {title}\n\nEntities: {named}\n\n![]({png.name})\n\n" + _table(["epoch", *series], rows)]

@@ -64,6 +64,8 @@ def parameter_study(panels: dict[str, tuple[Series, float]], path: Path, title: 
         ax.axvline(base, color="grey", linestyle=":", label="base config")
         if min(xs) > 0 and max(xs) / min(xs) >= 10:
             ax.set_xscale("log")
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])  # the values tried, nothing between
+        ax.minorticks_off()
         ax.set(xlabel=key, ylabel="test MRR (filtered, both directions)", title=key.split(".")[-1])
         ax.legend(fontsize="small")
     fig.suptitle(title)
@@ -87,7 +89,7 @@ def grouped_bars(values: dict[str, dict[str, float]], path: Path, title: str, yl
 
 
 def lines(series: dict[str, Series], path: Path, title: str, xlabel: str, ylabel: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for label, points in series.items():
         ax.plot(*zip(*points, strict=True), "o-", markersize=3, label=label)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
