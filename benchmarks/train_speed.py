@@ -320,6 +320,11 @@ def run(args: argparse.Namespace) -> str:
         return gemm_flops(timing.rows, kg.num_entities, dim) / 1e9 / timing.seconds / peak_gflops
 
     grouped_gain = per_triple.seconds / grouped.seconds
+    gain_target = (  # the target is FB-IMG's (3.08 triples per query); WN9-IMG has 1.48
+        verdict(grouped_gain, TARGET_GROUPED_SPEEDUP, f"≥ {TARGET_GROUPED_SPEEDUP:g}× on FB-IMG")
+        if kg.root.name.startswith("fb")
+        else f"— (the ≥ {TARGET_GROUPED_SPEEDUP:g}× target is FB-IMG's)"
+    )
     rows = [
         "| measurement | distmap | PyKEEN / matmul peak | ratio | target |",
         "|---|---|---|---|---|",
@@ -328,7 +333,7 @@ def run(args: argparse.Namespace) -> str:
         ),
         speedup_row("training epoch, per-triple (s)", epoch_cell(per_triple), their_epoch_cell, triple_ratio, 0),
         f"| grouped vs per-triple epoch | {grouped.seconds:.2f} s | {per_triple.seconds:.2f} s | {grouped_gain:.2f}× "
-        f"| {verdict(grouped_gain, TARGET_GROUPED_SPEEDUP, f'≥ {TARGET_GROUPED_SPEEDUP:g}× on FB-IMG')} |",
+        f"| {gain_target} |",
         f"| scoring GEMMs fwd+bwd, B={args.batch_size} N={kg.num_entities:,} 2r={dim} (GFLOP/s) "
         f"| {scoring_gflops:.1f} | {peak_gflops:.1f} | {gemm_fraction:.0%} "
         f"| {verdict(gemm_fraction, TARGET_GEMM_FRACTION, f'≥ {TARGET_GEMM_FRACTION:.0%}')} |",

@@ -110,7 +110,9 @@ class AlignConfig:
     uniformly drawn entities (the augmentation; optionally ``perturb``-ed views) are aligned;
     ``scope: full``: all entities every ``plan_every`` steps' plan (the costly OTKGE-style baseline).
     ``lambda_align`` weighs the transport cost ``<P, C>``, ``lambda_preserve`` the instance-preserving
-    KL at neighbourhood ``temperature``. Both 0 = no term (``MAP w/o R & A``).
+    KL at neighbourhood ``temperature``. Both 0 = no term (``MAP w/o R & A``). ``detach_structure``
+    makes the structural rows the fixed target of the transport (only the projections move);
+    otherwise the transport cost also pulls structural rows towards the projected ones.
     """
 
     lambda_align: float = 0.0
@@ -122,8 +124,9 @@ class AlignConfig:
     reg: float = 0.05
     perturb: float = 0.0
     plan_every: int = 1
+    detach_structure: bool = True
     temperature: float = 0.1
-    preserve_view: Literal["fused", "projected"] = "fused"
+    preserve_view: Literal["fused", "projected"] = "projected"
 
     def check(self) -> None:
         _require(self.lambda_align >= 0, "align.lambda_align", "must be >= 0")

@@ -63,9 +63,11 @@ def _store_lock(tracking_uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _unfinished_run(mlflow: Any, experiment_id: str, run_name: str) -> str | None:
+def _unfinished_run(mlflow: Any, experiment_id: str, run_name: str, params: dict[str, Any]) -> str | None:
     """A run of this name left RUNNING by a killed process (before it saved a checkpoint holding
-    its id): continue it rather than leave a run that never ends beside a new one."""
+    its id) with the same params: continue it rather than leave a run that never ends beside a new
+    one. One with other params (the run was restarted with a changed config) is closed as KILLED,
+    so its params never stand for the new run's."""
     runs = mlflow.search_runs(
         [experiment_id],
         filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'",
@@ -73,7 +75,12 @@ def _unfinished_run(mlflow: Any, experiment_id: str, run_name: str) -> str | Non
         max_results=1,
         output_format="list",
     )
-    return runs[0].info.run_id if runs else None
+    if not runs:
+        return None
+    if runs[0].data.params == {k: str(v) for k, v in params.items()}:
+        return runs[0].info.run_id
+    mlflow.MlflowClient().set_terminated(runs[0].info.run_id, status="KILLED")
+    return None
 
 
 def mlflow_client(tracking_uri: str) -> Any:
@@ -124,7 +131,7 @@ class Tracker:
                 if experiment
                 else mlflow.create_experiment(self.cfg.experiment, _artifact_root(self.cfg.tracking_uri))
             )
-            resumed = run_id or _unfinished_run(mlflow, experiment_id, run_name)
+            resumed = run_id or _unfinished_run(mlflow, experiment_id, run_name, params)
             run = mlflow.start_run(run_id=resumed, run_name=None if resumed else run_name, experiment_id=experiment_id)
         self.run_id = run.info.run_id
         if resumed is None:

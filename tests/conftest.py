@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from distmap.data.prepare import prepare_dataset
 
@@ -20,6 +21,13 @@ def write_triples(folder: Path, splits: dict[str, list[tuple[str, str, str]]]) -
     for split, triples in splits.items():
         (folder / f"{split}.tsv").write_text("".join(f"{h}\t{r}\t{t}\n" for h, r, t in triples), encoding="utf-8")
     return folder
+
+
+def random_triples(count: int, num_heads: int, num_relations: int, num_tails: int, seed: int) -> torch.Tensor:
+    """(count, 3) uniform random id triples; few heads make queries with several tails."""
+    g = torch.Generator().manual_seed(seed)
+    columns = [torch.randint(0, n, (count,), generator=g) for n in (num_heads, num_relations, num_tails)]
+    return torch.stack(columns, dim=1)
 
 
 def ring_graph(n: int = 30, seed: int = 0) -> dict[str, list[tuple[str, str, str]]]:

@@ -189,6 +189,14 @@ CASES = [
         "object array or pickled data (would need pickle, which is refused)",
     ),
     Case(
+        "string-npy",
+        {"m.npy": npy(np.array([["a", "b"], ["c", "d"], ["e", "f"]]))},
+        prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.npy", log=quiet)),
+        "m.npy",
+        None,
+        "dtype <U1 is not numeric; expected float or integer values",
+    ),
+    Case(
         "unsupported-extension",
         {"m.csv": "1,2\n"},
         prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.csv", log=quiet)),

@@ -27,20 +27,13 @@ from distmap.models.zoo import build_model
 from distmap.train.evaluate import FilterIndex, evaluate
 from distmap.train.loop import StepLoss, local_step, run_epoch
 from distmap.train.objective import LossTerm, Objective
+from tests.conftest import random_triples
 
 N, R, STEPS_BATCH = 37, 3, 48
 
 
 def graph() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    triples = torch.stack(
-        [
-            torch.randint(0, N, (160,), generator=g),
-            torch.randint(0, R, (160,), generator=g),
-            torch.randint(0, N, (160,), generator=g),
-        ],
-        dim=1,
-    )
+    triples = random_triples(160, N, R, N, seed=0)
     return triples[:120], triples[120:]
 
 

@@ -11,22 +11,14 @@ from distmap.data.kg import add_reciprocals
 from distmap.models.zoo import build_model
 from distmap.train.loop import local_step
 from distmap.train.objective import Objective
+from tests.conftest import random_triples
 
 N, R = 23, 3
 
 
 def examples() -> torch.Tensor:
     """Reciprocal training examples of a toy graph with many queries that have several tails."""
-    g = torch.Generator().manual_seed(0)
-    triples = torch.stack(
-        [
-            torch.randint(0, 6, (90,), generator=g),
-            torch.randint(0, R, (90,), generator=g),
-            torch.randint(0, N, (90,), generator=g),
-        ],
-        dim=1,
-    )
-    return add_reciprocals(triples, R)
+    return add_reciprocals(random_triples(90, 6, R, N, seed=0), R)
 
 
 def test_groups_hold_every_example_once() -> None:

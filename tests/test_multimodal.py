@@ -18,6 +18,7 @@ from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.loop import local_step
 from distmap.train.objective import Objective
+from tests.conftest import random_triples
 
 N, R = 30, 3
 DIMS = {"text": 12, "visual": 8}
@@ -40,16 +41,7 @@ def reader(rows: dict[str, FeatureRows]):
 
 
 def groups() -> QueryGroups:
-    g = torch.Generator().manual_seed(1)
-    triples = torch.stack(
-        [
-            torch.randint(0, N, (80,), generator=g),
-            torch.randint(0, R, (80,), generator=g),
-            torch.randint(0, N, (80,), generator=g),
-        ],
-        dim=1,
-    )
-    return QueryGroups.build(add_reciprocals(triples, R))
+    return QueryGroups.build(add_reciprocals(random_triples(80, N, R, N, seed=1), R))
 
 
 MODELS = {

@@ -15,8 +15,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from distmap.distributed.collectives import free_port
-from distmap.distributed.parallel_ce import vocab_parallel_cross_entropy
+from distmap.distributed.parallel_ce import worker_reduction
 from distmap.distributed.partition import row_ranges
+from distmap.train.objective import pair_cross_entropy
 
 B, N = 6, 11
 CASES = list(itertools.product(["single", "grouped"], [False, True], [0.0, 0.1]))
@@ -56,7 +57,16 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
             local = scores[:, lo:hi].clone().requires_grad_()
             pair_query, tails = PAIRS[pairs]
             w = weight if use_weight else None
-            loss = vocab_parallel_cross_entropy(local, pair_query, tails, lo, N, w, smoothing)
+            loss = pair_cross_entropy(
+                local,
+                pair_query,
+                tails,
+                lo=lo,
+                num_classes=N,
+                weight=w,
+                label_smoothing=smoothing,
+                reduce=worker_reduction(),
+            )
             loss.backward()
             results[f"{pairs}-{use_weight}-{smoothing}"] = (loss.detach(), local.grad, (lo, hi))
         torch.save(results, Path(out) / f"rank{rank}.pt")
@@ -85,7 +95,7 @@ def test_one_process_equals_cross_entropy() -> None:
         w = weight if use_weight else None
         want, want_grad = expected(scores, pairs, w, smoothing)
         full = scores.clone().requires_grad_()
-        loss = vocab_parallel_cross_entropy(full, *PAIRS[pairs], 0, N, w, smoothing)
+        loss = pair_cross_entropy(full, *PAIRS[pairs], weight=w, label_smoothing=smoothing, reduce=worker_reduction())
         loss.backward()
         assert torch.allclose(loss, want, atol=1e-6), (pairs, use_weight, smoothing)
         assert torch.allclose(full.grad, want_grad, atol=1e-6), (pairs, use_weight, smoothing)

@@ -64,3 +64,17 @@ def test_a_run_left_running_by_a_killed_process_is_continued(tmp_path: Path) -> 
     fresh = Tracker(cfg)
     assert fresh.start("job", {"a": 1}) != run_id  # a finished run is never reopened
     fresh.finish()
+
+
+def test_a_killed_run_with_other_params_is_closed_not_continued(tmp_path: Path) -> None:
+    """Restarting a killed run under a changed config must not report the new run under the old params."""
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], capture_output=True, text=True)
+    old_id = killed.stdout.strip()
+    cfg = TrackConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="resume")
+    changed = Tracker(cfg)
+    new_id = changed.start("job", {"a": 2})
+    changed.finish()
+    client = mlflow.MlflowClient(tracking_uri=cfg.tracking_uri)
+    assert new_id != old_id
+    assert client.get_run(new_id).data.params == {"a": "2"}
+    assert client.get_run(old_id).info.status == "KILLED"

@@ -31,6 +31,7 @@ class MinibatchAlignment:
     solver: Solver
     reg: float
     perturb: float
+    detach_structure: bool = True
     name: str = "align"
 
     def rows(self, rows: Tensor, block: int) -> Tensor:
@@ -50,7 +51,8 @@ class MinibatchAlignment:
             p = projected[r]
             if self.perturb:
                 p = p + self.perturb * p.detach().std() * torch.randn_like(p)
-            total = total + transport_cost(p, views.structure[r], self.solver, self.reg)
+            s = views.structure[r].detach() if self.detach_structure else views.structure[r]
+            total = total + transport_cost(p, s, self.solver, self.reg)
         return self.weight * total
 
 
@@ -64,6 +66,7 @@ class FullAlignment:
     solver: Solver
     reg: float
     plan_every: int
+    detach_structure: bool = True
     name: str = "full_ot"
     _plans: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _step: int = 0
@@ -74,7 +77,8 @@ class FullAlignment:
         self._step += 1
         for m, projected in views.projected.items():
             present = views.present[m]
-            cost = squared_distances(projected[present], views.structure[present])
+            structure = views.structure[present]
+            cost = squared_distances(projected[present], structure.detach() if self.detach_structure else structure)
             if fresh or m not in self._plans:
                 self._plans[m] = transport_plan(cost, self.solver, self.reg)
             total = total + (self._plans[m] * cost).sum()
@@ -107,9 +111,13 @@ def alignment_terms(cfg: AlignConfig) -> tuple:
     terms: list = []
     if cfg.lambda_align > 0:
         if cfg.scope == "minibatch":
-            terms.append(MinibatchAlignment(cfg.lambda_align, cfg.sample, cfg.extra, cfg.solver, cfg.reg, cfg.perturb))
+            terms.append(
+                MinibatchAlignment(
+                    cfg.lambda_align, cfg.sample, cfg.extra, cfg.solver, cfg.reg, cfg.perturb, cfg.detach_structure
+                )
+            )
         else:
-            terms.append(FullAlignment(cfg.lambda_align, cfg.solver, cfg.reg, cfg.plan_every))
+            terms.append(FullAlignment(cfg.lambda_align, cfg.solver, cfg.reg, cfg.plan_every, cfg.detach_structure))
     if cfg.lambda_preserve > 0:
         terms.append(InstancePreserving(cfg.lambda_preserve, cfg.temperature, cfg.preserve_view, cfg.sample))
     return tuple(terms)

@@ -7,7 +7,7 @@ tail), never the full score matrix. The gradient with respect to the local score
 softmax minus one-hot, as usual.
 
 The maths is ``distmap.train.objective.pair_cross_entropy`` (plain PyTorch, tested in one
-process); this module hands it the all-reduce. Same value and gradient as the single-process
+process); this module hands it the all-reduce (``worker_reduction``). Same value and gradient as the single-process
 loss on the unsharded scores; tests/test_parallel_ce.py checks it on two and three workers.
 """
 
@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from distmap.distributed.collectives import all_reduce_, world
-from distmap.train.objective import no_reduction, pair_cross_entropy
+from distmap.train.objective import Reduce, no_reduction
 
 _OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
 
@@ -26,29 +26,8 @@ def _all_reduce(tensor: Tensor, op: str) -> Tensor:
     return all_reduce_(tensor, _OPS[op])
 
 
-def vocab_parallel_cross_entropy(
-    scores: Tensor,
-    pair_query: Tensor,
-    tails: Tensor,
-    lo: int,
-    num_classes: int,
-    weight: Tensor | None = None,
-    label_smoothing: float = 0.0,
-) -> Tensor:
-    """Mean cross-entropy of the (query, tail) pairs given this worker's score block.
-
-    ``scores`` is (Q, local entities) for the rows [lo, lo + local) of ``num_classes`` entities;
-    ``pair_query`` (T,) and ``tails`` (T,, global ids) are the same on every worker, and so is the
-    loss. ``weight`` is the full (N,) class weight vector (replicated: N floats).
-    """
-    reduce = _all_reduce if world()[1] > 1 else no_reduction  # one worker: torch's fused kernel where it applies
-    return pair_cross_entropy(
-        scores,
-        pair_query,
-        tails,
-        lo=lo,
-        num_classes=num_classes,
-        weight=weight,
-        label_smoothing=label_smoothing,
-        reduce=reduce,
-    )
+def worker_reduction() -> Reduce:
+    """The reduction that makes ``pair_cross_entropy`` (``Objective.cross_entropy``) the loss over all
+    workers' candidate blocks: an all-reduce, or none for a single worker (torch's fused kernel then
+    serves where it applies)."""
+    return _all_reduce if world()[1] > 1 else no_reduction

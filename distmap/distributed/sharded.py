@@ -27,7 +27,7 @@ from torch import Tensor
 
 from distmap.data.batches import QueryGroups
 from distmap.distributed.collectives import all_reduce_, all_reduce_sum_with_grad, world
-from distmap.distributed.parallel_ce import vocab_parallel_cross_entropy
+from distmap.distributed.parallel_ce import worker_reduction
 from distmap.models.model import EntityViews, KGEModel
 from distmap.train.evaluate import (
     EvalResult,
@@ -70,6 +70,7 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
     rank, size = world()
     device = model.relations.device
     lo, hi = model.entities.lo, model.entities.hi
+    reduction = worker_reduction()
 
     def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch = groups.select(ids).to(device)
@@ -79,15 +80,7 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
         h_emb, t_emb = replicated_rows(views.fused, lo, torch.cat([h, batch.tails])).split([num_queries, num_pairs])
         r_emb = model.relations[r]
         scores = model.interaction.score(model.interaction.query(h_emb, r_emb), views.fused)
-        fit = vocab_parallel_cross_entropy(
-            scores,
-            batch.pair_query,
-            batch.tails,
-            lo,
-            model.num_entities,
-            objective.class_weight,
-            objective.label_smoothing,
-        )
+        fit = objective.cross_entropy(scores, batch.pair_query, batch.tails, lo, model.num_entities, reduction)
         share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
         pair_query = batch.pair_query[share]
         factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
