@@ -119,7 +119,7 @@ def test_a_tiny_study_logs_every_trial_and_marks_failures_and_the_best(
 
 def test_an_interrupted_study_resumes_without_rerunning_finished_trials(ring_dataset: Path, short_dir: Path) -> None:
     # Trial 0 trains 2 epochs, trial 1 many: interrupt (SIGINT) while trial 1 runs, then resume.
-    space = {"train.epochs": {"grid": [2, 400]}}
+    space = {"train.epochs": {"grid": [2, 200]}}
     path = write_study(short_dir, ring_dataset, space, scheduler={"name": "fifo"})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "distmap.cli", "tune", str(path)]
@@ -154,4 +154,4 @@ def test_an_interrupted_study_resumes_without_rerunning_finished_trials(ring_dat
     assert done[0].stat().st_mtime_ns == mtime, "the finished trial was run again"
     resumed = next(r for name, r in after.items() if name != finished.info.run_name)
     client = mlflow.MlflowClient(tracking_uri=store)
-    assert len(client.get_metric_history(resumed.info.run_id, "loss")) == 400
+    assert len(client.get_metric_history(resumed.info.run_id, "loss")) == 200
