@@ -1,4 +1,4 @@
-"""Command line: ``distmap prepare | features | train | evaluate | predict | export | report``.
+"""Command line: ``distmap prepare | features | train | tune | evaluate | predict | export | report | ui``.
 
 User errors (bad files, bad config keys) print one line naming the file and the problem and
 exit with status 2; only bugs show a traceback.
@@ -125,13 +125,50 @@ def _load_run(run_dir: Path, overrides: list[str], tie: str | None) -> tuple[Con
     return cfg, kg, model, best_epoch
 
 
-def _report(args: argparse.Namespace) -> None:
-    from distmap.report import load_runs, results_table
+def _tune(args: argparse.Namespace) -> None:
+    from distmap.tune.run import run_study
+    from distmap.tune.study import load_study
 
-    runs = load_runs([Path(p) for p in args.runs])
-    if not runs:
-        raise DistmapError(f"no metrics.json under {', '.join(args.runs)}: train some runs first")
-    print(results_table(runs))
+    run_study(load_study(args.study, args.set))
+
+
+def _report(args: argparse.Namespace) -> None:
+    if not args.runs and not args.store:
+        raise DistmapError("give run folders (a results table) and/or --store URI (figures into --out)")
+    if args.runs:
+        from distmap.report import load_runs, results_table
+
+        runs = load_runs([Path(p) for p in args.runs])
+        if not runs:
+            raise DistmapError(f"no metrics.json under {', '.join(args.runs)}: train some runs first")
+        print(results_table(runs))
+    if args.store:
+        from distmap.figures import read_names, write_report
+
+        names = read_names(Path(args.names)) if args.names else {}
+        report = write_report(args.store, Path(args.out), names)
+        print(f"figures and tables -> {report.parent} ({report.name} links them)")
+
+
+def _wdist(args: argparse.Namespace) -> None:
+    from distmap.diagnostics.wdistance import modality_distances
+
+    print("| run | model | epoch | modality | entities | W2 (exact LP) | W2 / RMS structural norm | MLflow run |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run_dir in args.run_dirs:
+        d = modality_distances(Path(run_dir))
+        for m, value in d.distances.items():
+            mlflow_run = d.mlflow_run_id or "-"
+            print(
+                f"| {d.run} | {d.label} | {d.epoch} | {m} | {d.entities[m]:,} | {value:.4f} | {d.relative[m]:.4f} "
+                f"| {mlflow_run} |"
+            )
+
+
+def _ui(args: argparse.Namespace) -> None:
+    from distmap.ui import serve
+
+    serve(args.store, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.05")
     p.set_defaults(func=_train)
 
+    p = sub.add_parser("tune", help="a Ray Tune study over a training config; every trial an MLflow run")
+    p.add_argument("study", help="YAML study, e.g. configs/tune/wn9img_map_params.yaml; run again to resume it")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the training config"
+    )
+    p.set_defaults(func=_tune)
+
     p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint (filtered ranking)")
     p.add_argument("run_dir", help="a run folder written by `distmap train` (runs/<name>)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split to rank (default: test)")
@@ -206,9 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("report", help="markdown table of finished runs: mean ± std over seeds, paper beside")
-    p.add_argument("runs", nargs="+", help="run folders or folders of runs (each with metrics.json)")
+    p = sub.add_parser("report", help="results table of runs (paper beside) and/or the figures from an MLflow store")
+    p.add_argument("runs", nargs="*", help="run folders or folders of runs (each with metrics.json)")
+    p.add_argument("--store", metavar="URI", help="MLflow store to draw figures from, e.g. sqlite:///mlflow.db")
+    p.add_argument("--out", default="docs/figures", help="folder for the PNGs and report.md (default: docs/figures)")
+    p.add_argument(
+        "--names", metavar="TSV", help="entity display names (header; entity, names), e.g. WN9-IMG's glosses file"
+    )
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("wdist", help="Fig. 1: exact-LP W2 between each modality and structure of finished runs")
+    p.add_argument("run_dirs", nargs="+", help="run folders (runs/<name>); the values are added to their MLflow runs")
+    p.set_defaults(func=_wdist)
+
+    p = sub.add_parser("ui", help="the MLflow UI on 127.0.0.1 over the project's store")
+    p.add_argument("--store", default="mlflow.db", help="the SQLite store (default: ./mlflow.db)")
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    p.set_defaults(func=_ui)
     return parser
 
 

@@ -209,13 +209,27 @@ class TrainConfig:
 
 @dataclass
 class TrackConfig:
-    """Where runs, checkpoints and MLflow records go."""
+    """Where runs, checkpoints and MLflow records go.
+
+    ``probe_entities`` names a few entities (e.g. five hyponyms of one synset) whose fused rows'
+    spread ``sum_{i<j} ||e_i - e_j||_2`` is logged after every epoch (metric ``probe/spread``):
+    the paper's Fig. 2a, whether alignment tears related entities apart.
+    """
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "distmap"
     run_name: str = ""
     output_dir: str = "runs"
     enabled: bool = True
+    probe_entities: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        _require(len(self.probe_entities) != 1, "track.probe_entities", "a spread needs at least two entities")
+        _require(
+            len(set(self.probe_entities)) == len(self.probe_entities),
+            "track.probe_entities",
+            "an entity is listed twice",
+        )
 
 
 @dataclass

@@ -83,6 +83,29 @@ def _unfinished_run(mlflow: Any, experiment_id: str, run_name: str, params: dict
     return None
 
 
+def mlflow_client(tracking_uri: str) -> Any:
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_run(cfg: TrackConfig) -> Any | None:
+    """The newest MLflow run named ``cfg.run_name`` in ``cfg.experiment``, or None: how a finished
+    run's record is found again (a study's driver, the diagnostics that add metrics to it)."""
+    client = mlflow_client(cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"attributes.run_name = '{cfg.run_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
 class Tracker:
     """Logs params, per-epoch metrics and artifacts of one run to MLflow."""
 

@@ -6,6 +6,7 @@ import pytest
 
 from distmap.config import load_config
 from distmap.errors import ConfigError
+from distmap.tune.study import load_study
 
 GOOD = """
 data:
@@ -83,7 +84,11 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    configs = sorted(Path(__file__).parents[1].glob("configs/*/*.yaml"))
+    configs = sorted(p for p in Path(__file__).parents[1].glob("configs/*/*.yaml") if p.parent.name != "tune")
     assert len(configs) >= 8
     for path in configs:
         load_config(path)
+    studies = sorted(Path(__file__).parents[1].glob("configs/tune/*.yaml"))
+    assert studies
+    for path in studies:
+        load_study(path)  # studies and every value they search, checked against their training configs

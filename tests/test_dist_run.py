@@ -108,3 +108,20 @@ def test_checkpoint_resumes_on_any_worker_count(dataset_with_features: tuple[Pat
     assert resumed["rows_read"] == ["rows-000000000000-000000000015.pt"]
     assert resumed["feature_parts"] == ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet")
     assert torch.equal(resumed["features"], torch.from_numpy(features[:10]))
+
+
+def test_probe_spread_is_the_same_on_one_and_two_workers(
+    dataset_with_features: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """Fig. 2a's probe reads rows owned by different workers (e000, e014 on rank 0, e020, e029 on rank 1 of 2)."""
+    ring_dataset, _ = dataset_with_features
+    names = ["e000", "e014", "e020", "e029"]
+    histories = []
+    for size in (1, 2):
+        cfg = make_config(ring_dataset, tmp_path / str(size), 4)
+        cfg.track.probe_entities = names
+        histories.append(launch(size, cfg, tmp_path / str(size) / "ckpt", False, tmp_path / f"{size}.pt")["history"])
+    single, sharded = ([h["probe/spread"] for h in history] for history in histories)
+    assert len(single) == 4
+    assert all(s > 0 for s in single)
+    assert sharded == pytest.approx(single, rel=1e-4)

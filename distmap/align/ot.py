@@ -32,7 +32,7 @@ def transport_plan(cost: Tensor, solver: Solver = "exact", reg: float = 0.05) ->
     a = torch.full((cost.shape[0],), 1.0 / cost.shape[0], dtype=cost.dtype, device=cost.device)
     b = torch.full((cost.shape[1],), 1.0 / cost.shape[1], dtype=cost.dtype, device=cost.device)
     if solver == "exact":
-        return ot.emd(a, b, cost)
+        return ot.emd(a, b, cost, numItermax=10_000_000)  # POT's default 100,000 stops short from ~3,000 points
     scaled = cost / cost.mean().clamp_min(torch.finfo(cost.dtype).tiny)
     return ot.bregman.sinkhorn_log(a, b, scaled, reg, numItermax=1000)
 

@@ -32,7 +32,13 @@ from distmap.distributed.shard_checkpoint import (
     restore_entity_state,
     save_rows,
 )
-from distmap.distributed.sharded import evaluate_sharded, sharded_step, sync_replicated_grads
+from distmap.distributed.sharded import (
+    evaluate_sharded,
+    replicated_rows,
+    sharded_step,
+    sharded_views,
+    sync_replicated_grads,
+)
 from distmap.distributed.triple_shards import ShardedGroups, range_filter, read_train_shard
 from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
@@ -136,6 +142,10 @@ class ShardedEngine:
             batch_size=self.cfg.train.eval_batch_size,
         )
 
+    def fused_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return replicated_rows(sharded_views(self.model).fused, self.lo, ids.to(self.model.relations.device))
+
     def keep_best(self) -> None:
         self.best_rows = self.model.entities.weight.detach().clone()
         self.best_replicated = {n: p.detach().clone() for n, p in self.replicated.items()}
@@ -172,7 +182,7 @@ class ShardedEngine:
                         "num_entities": self.kg.num_entities,
                     },
                 )
-            self.publish(folder, {"epoch": progress.epoch, "best_mrr": progress.best_mrr})
+            self.publish(folder, progress.validation())
 
     def load(self) -> Progress | None:
         if self.restore_from is None:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -103,44 +103,52 @@ def _user_error(err: Exception) -> DistmapError | None:
     return next((e for _, e in sorted(failures.items()) if isinstance(e, DistmapError)), None)
 
 
-def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg`` on ``cfg.scale.workers`` Ray Train workers; returns the run's metrics summary."""
-    cfg = absolute_paths(cfg)
-    local = cfg.scale.address == "local"
+def start_ray(address: str, output: Path, num_cpus: int, log: Callable[[str], None]) -> bool:
+    """Connect to Ray unless connected: ``local`` starts a private one on 127.0.0.1 with ``num_cpus``
+    and its session files under ``output``. True when this call started the connection (and
+    should shut it down)."""
+    local = address == "local"
     if local:
         set_loopback_env()
+    import ray
+
+    if ray.is_initialized():
+        return False
+    temp = ray_temp_dir(output) if local else None
+    if temp is not None and not temp.is_relative_to(output.absolute()):
+        log(f"Ray session files go to {temp}: {output.absolute()} is too deep for Ray's socket paths")
+    command = os.environ.get(COMMAND_ENV)
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": {COMMAND_ENV: command}} if command else None,
+        **(
+            {"num_cpus": num_cpus, "_temp_dir": str(temp), "include_dashboard": True, "dashboard_host": "127.0.0.1"}
+            if local
+            else {}
+        ),
+    )
+    # A cluster whose node address is loopback (a private local Ray, or a head started on
+    # 127.0.0.1) keeps the rendezvous there too; a real cluster needs the stock config.
+    node = ray.util.get_node_ip_address()
+    if local and not node.startswith("127."):
+        ray.shutdown()
+        raise DistmapError(f"the local Ray bound to {node}, not 127.0.0.1")
+    return True
+
+
+def fit_distributed(cfg: Config, log: Callable[[str], None] = print, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train ``cfg`` on ``cfg.scale.workers`` Ray Train workers; returns the run's metrics summary.
+    ``callbacks`` go to Ray Train (a study's trial passes Tune's ``TuneReportCallback``)."""
+    cfg = absolute_paths(cfg)
+    output = Path(cfg.track.output_dir)
+    started = start_ray(cfg.scale.address, output, cfg.scale.workers * cfg.scale.cpus_per_worker, log)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    output = Path(cfg.track.output_dir)
-    started = not ray.is_initialized()
-    if started:
-        temp = ray_temp_dir(output) if local else None
-        if temp is not None and not temp.is_relative_to(output.absolute()):
-            log(f"Ray session files go to {temp}: {output.absolute()} is too deep for Ray's socket paths")
-        command = os.environ.get(COMMAND_ENV)
-        ray.init(
-            address=cfg.scale.address,
-            runtime_env={"env_vars": {COMMAND_ENV: command}} if command else None,
-            **(
-                {
-                    "num_cpus": cfg.scale.workers * cfg.scale.cpus_per_worker,
-                    "_temp_dir": str(temp),
-                    "include_dashboard": True,
-                    "dashboard_host": "127.0.0.1",
-                }
-                if local
-                else {}
-            ),
-        )
     name = run_name(cfg)
     try:
-        # A cluster whose node address is loopback (a private local Ray, or a head started on
-        # 127.0.0.1) keeps the rendezvous there too; a real cluster needs the stock config.
         node = ray.util.get_node_ip_address()
-        if local and not node.startswith("127."):
-            raise DistmapError(f"the local Ray bound to {node}, not 127.0.0.1")
         trainer = TorchTrainer(
             _worker_loop,
             train_loop_config=cfg.to_dict(),
@@ -155,6 +163,7 @@ def fit_distributed(cfg: Config, log: Callable[[str], None] = print) -> dict[str
                 storage_path=str(output / "ray_results"),
                 failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                callbacks=list(callbacks),
             ),
         )
         trainer.fit()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import Tensor
 
 from distmap.align.terms import alignment_terms
 from distmap.config import Config
@@ -34,6 +35,8 @@ from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_chec
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
 from distmap.train.loop import EpochStats, StepLoss, local_step, run_epoch
 from distmap.train.objective import Objective, frequency_class_weights
+from distmap.train.probe import METRIC as PROBE_METRIC
+from distmap.train.probe import pairwise_spread, probe_ids
 from distmap.train.sampled import CandidateSampler
 from distmap.train.sparse import SplitOptimizer, TableAdagrad
 
@@ -206,6 +209,14 @@ class Progress:
     def finished(self, epochs: int, patience: int) -> bool:
         return self.epoch >= epochs or bool(patience and self.since_best >= patience)
 
+    def validation(self) -> dict[str, float]:
+        """What a checkpoint reports to Ray (Train, or Tune's schedulers): the latest validation."""
+        return {
+            "epoch": self.epoch,
+            "valid_mrr": self.history[-1][f"valid/{SELECTION_METRIC}"],
+            "best_mrr": self.best_mrr,
+        }
+
 
 class Engine(Protocol):
     """What a run needs from its model: one process, or one worker of a sharded group."""
@@ -217,6 +228,11 @@ class Engine(Protocol):
 
     def evaluate(self, split: str) -> EvalResult: ...
 
+    def fused_rows(self, ids: Tensor) -> Tensor:
+        """The fused rows of global ``ids`` as they are now (collective on a sharded group: every
+        worker asks for the same ids)."""
+        ...
+
     def keep_best(self) -> None: ...
 
     def use_best(self) -> None: ...
@@ -226,11 +242,17 @@ class Engine(Protocol):
     def load(self) -> Progress | None: ...
 
 
-class LocalEngine:
-    """The whole model in one process; checkpoints are one file."""
+Report = Callable[[dict[str, float]], None]
 
-    def __init__(self, cfg: Config, kg: KnowledgeGraph, device: torch.device, checkpoint: Path) -> None:
-        self.cfg, self.kg, self.checkpoint = cfg, kg, checkpoint
+
+class LocalEngine:
+    """The whole model in one process; checkpoints are one file, each announced to ``report``
+    (e.g. ``ray.tune.report`` in a study's trial) once written."""
+
+    def __init__(
+        self, cfg: Config, kg: KnowledgeGraph, device: torch.device, checkpoint: Path, report: Report | None = None
+    ) -> None:
+        self.cfg, self.kg, self.checkpoint, self.report = cfg, kg, checkpoint, report
         self.model = build_model(
             cfg.model,
             kg.num_entities,
@@ -256,6 +278,10 @@ class LocalEngine:
     def evaluate(self, split: str) -> EvalResult:
         return evaluate_split(self.model, self.kg, split, self.filter_index, self.cfg)
 
+    def fused_rows(self, ids: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.model.views().fused[ids.to(self.model.relations.device)]
+
     def keep_best(self) -> None:
         self.best = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
@@ -276,6 +302,8 @@ class LocalEngine:
                 "config": self.cfg.to_dict(),
             },
         )
+        if self.report is not None:
+            self.report(progress.validation())
 
     def load(self) -> Progress | None:
         if not self.checkpoint.exists():
@@ -291,14 +319,15 @@ class LocalEngine:
         return Progress.from_saved(saved)
 
 
-def fit(cfg: Config, log: Callable[[str], None] = print) -> FitResult:
-    """Train ``cfg`` in this process to the end (resuming from the run's checkpoint), then test."""
+def fit(cfg: Config, log: Callable[[str], None] = print, report: Report | None = None) -> FitResult:
+    """Train ``cfg`` in this process to the end (resuming from the run's checkpoint), then test;
+    ``report`` hears of every checkpoint (see ``LocalEngine``)."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     kg = KnowledgeGraph.load(cfg.data.path)
     run_dir = Path(cfg.track.output_dir) / run_name(cfg)
-    engine = LocalEngine(cfg, kg, device, run_dir / CHECKPOINT_NAME)
+    engine = LocalEngine(cfg, kg, device, run_dir / CHECKPOINT_NAME, report)
     log(
         f"{run_name(cfg)}: {kg.num_entities} entities, {kg.num_relations} relations, {engine.num_examples} "
         f"training examples (with reciprocals) in {engine.groups.num_groups} {cfg.train.loop} query groups, "
@@ -316,6 +345,7 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
     run_dir = Path(cfg.track.output_dir) / name
     leak = valid_leak(engine.kg, log if chief else lambda _: None)
     refuse_leaky_valid(leak, cfg)
+    probe = probe_ids(engine.kg, cfg.track.probe_entities) if cfg.track.probe_entities else None
     progress = engine.load()
     if progress is None:
         progress = Progress()
@@ -330,7 +360,7 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
             log(f"WARNING: {leak}; selecting on it anyway (train.allow_leaky_valid: true): valid metrics are inflated")
             tracker.set_tags({"distmap.leaky_valid": "true", "distmap.valid_in_train_share": f"{leak.share:.4f}"})
     try:
-        train_epochs(engine, cfg, progress, tracker, log)
+        train_epochs(engine, cfg, progress, tracker, log, probe)
         engine.use_best()
         valid, test = engine.evaluate("valid"), engine.evaluate("test")
         if chief:
@@ -392,8 +422,16 @@ def refuse_leaky_valid(leak: ValidLeak, cfg: Config) -> None:
         )
 
 
-def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Tracker, log: Callable[[str], None]) -> None:
-    """Epochs from ``progress.epoch`` on; validates every k epochs and checkpoints after each validation."""
+def train_epochs(
+    engine: Engine,
+    cfg: Config,
+    progress: Progress,
+    tracker: Tracker,
+    log: Callable[[str], None],
+    probe: Tensor | None = None,
+) -> None:
+    """Epochs from ``progress.epoch`` on; validates every k epochs and checkpoints after each validation.
+    With ``probe`` (entity ids) each epoch's record carries their spread (Fig. 2a)."""
     t = cfg.train
     while not progress.finished(t.epochs, t.patience):
         epoch = progress.epoch + 1
@@ -405,6 +443,8 @@ def train_epochs(engine: Engine, cfg: Config, progress: Progress, tracker: Track
             "epoch_seconds": stats.seconds,
             "examples_per_s": stats.examples_per_second(engine.num_examples),
         }
+        if probe is not None:
+            record[PROBE_METRIC] = pairwise_spread(engine.fused_rows(probe))
         progress.epoch = epoch
         summary = f"epoch {epoch}: loss {stats.loss:.4f}, {record['examples_per_s']:.0f} ex/s"
         validate = epoch % t.valid_every == 0 or epoch == t.epochs
@@ -448,6 +488,11 @@ def _write_outputs(
             tie: test.with_tie(tie).metrics["both"] for tie in ("optimistic", "realistic", "pessimistic")
         },
     }
+    if cfg.track.probe_entities:
+        metrics["probe"] = {
+            "entities": cfg.track.probe_entities,
+            "spread": [h[PROBE_METRIC] for h in progress.history],
+        }
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     curve = training_curve(progress.history, run_dir / "training_curve.png", name)
