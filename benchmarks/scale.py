@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,12 +36,13 @@ from distmap.config import ModelConfig
 from distmap.data.batches import QueryGroups
 from distmap.distributed.collectives import free_port
 from distmap.distributed.partition import row_ranges
-from distmap.distributed.sharded import sharded_step, sync_replicated_grads
+from distmap.distributed.sharded import sampled_step, sharded_step, sync_replicated_grads
 from distmap.models.interactions import make_interaction
 from distmap.models.zoo import build_model
 from distmap.train.fit import make_optimizer
 from distmap.train.loop import local_step, run_epoch
 from distmap.train.objective import Objective
+from distmap.train.sampled import CandidateSampler
 
 NUM_RELATIONS = 100  # before reciprocals
 FLOAT = 4
@@ -57,6 +59,11 @@ class Case:
     batch_size: int
     steps: int
     model: str
+    objective: str = "exact"
+    candidates: int = 1000
+    optimizer: str = "adagrad"
+    table_dtype: str = "float32"
+    repeats: int = 1  # timed epochs of ``steps`` steps; the median is reported (the VM is shared)
     seed: int = 0
 
 
@@ -122,8 +129,11 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
             NUM_RELATIONS,
             seed=case.seed,
             entity_range=(lo, hi),
+            table_dtype=getattr(torch, case.table_dtype),
         )
-        optimizer = make_optimizer("adagrad", model.parameters(), 0.1)
+        sampled = case.objective == "sampled"
+        optimizer = make_optimizer(case.optimizer, model, 0.1, sparse=sampled)
+        sampler = CandidateSampler(case.seed)
         objective = Objective("n3", 0.05)
         examples = synthetic_examples(case)
         warmup, timed = examples[: case.batch_size], examples[case.batch_size :]
@@ -133,17 +143,19 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
             # One query per triple (random triples over 10^5+ entities hardly share a query), so a
             # step scores exactly ``batch_size`` rows and StepBytes.predict holds to the byte.
             groups = QueryGroups.build(rows, grouped=False)
-            if case.workers == 1:
+            sync: Callable[[], None] | None = None if case.workers == 1 else sync_replicated_grads(model)
+            if sampled:
+                step = sampled_step(model, groups, objective, optimizer.table, sampler, case.candidates)
+            elif case.workers == 1:
                 step = local_step(model, groups, objective)
-                sync: Callable[[], None] | None = None
             else:
-                step, sync = sharded_step(model, groups, objective), sync_replicated_grads(model)
+                step = sharded_step(model, groups, objective)
             stats = run_epoch(step, optimizer, groups, case.batch_size, generator, sync_grads=sync, show_progress=False)
             return stats.seconds
 
         epoch(warmup)  # allocates the optimizer state and warms the allocator and thread pool
         totals.clear()
-        seconds = epoch(timed)
+        seconds = statistics.median(epoch(timed) for _ in range(case.repeats))
         weight = model.entities.weight
         state = optimizer.state[weight]
         report = WorkerReport(
@@ -153,8 +165,8 @@ def worker(rank: int, case: Case, port: int, out: str) -> None:
             start_rss_bytes=start_rss,
             peak_rss_bytes=peak_rss(),
             seconds=seconds,
-            all_reduce_bytes=totals["all_reduce"] // case.steps,
-            all_gather_bytes=totals["all_gather"] // case.steps,
+            all_reduce_bytes=totals["all_reduce"] // (case.steps * case.repeats),
+            all_gather_bytes=totals["all_gather"] // (case.steps * case.repeats),
         )
         Path(out, f"rank{rank}.json").write_text(json.dumps(asdict(report)), encoding="utf-8")
     finally:
@@ -210,6 +222,111 @@ def memory_estimate(rows: int, dim: int, batch: int, workers: int) -> int:
     if workers == 1:
         return TABLE_COPIES * rows * dim * FLOAT + 3 * batch * rows * FLOAT
     return TABLE_COPIES * rows * dim * FLOAT + 2 * batch * rows * FLOAT + GROUP_BYTES
+
+
+def sampled_memory_estimate(
+    rows: int, dim: int, batch: int, candidates: int, workers: int, table_bytes: int, rowwise: bool
+) -> int:
+    """Upper estimate of what a worker's sampled training adds to its process: its rows (in the table's
+    dtype), their Adagrad state (one float per row, or per element), and per step only B- and
+    S-sized tensors: the gathered float32 rows of heads, tails and candidates with their gradients
+    and update temporaries (6 copies of (2B + S/P) × d) and the score block of B queries against
+    S/P + B candidates (4 copies); plus 256 MiB for the process group's buffers or, with one process,
+    the allocator's and thread pools' own (0.2 GiB measured at 10^5 rows). Nothing grows with N per step."""
+    state = rows * FLOAT * (1 if rowwise else dim)
+    touched = 2 * batch + -(-candidates // workers)
+    step = 6 * touched * dim * FLOAT + 4 * batch * (touched - batch) * FLOAT
+    return rows * dim * table_bytes + state + step + GROUP_BYTES
+
+
+TARGET_FLAT = 0.20
+TARGET_SPEEDUP = 20.0
+
+
+def run_sampled_table(args: argparse.Namespace) -> bool:
+    """The sampled objective from 10^5 to 10^7 entities: memory against the formula, step time vs N,
+    and triples/s against the exact objective at ``--exact-at`` entities."""
+    rows, ok = [], True
+    first_ms: dict[int, float] = {}
+    rates: dict[tuple[int, int], float] = {}
+    rowwise = args.optimizer == "rowwise_adagrad"
+    for n in args.sizes:
+        for p in args.workers:
+            case = Case(
+                n,
+                p,
+                args.threads or max(1, args.cores // p),
+                args.rank,
+                args.batch_size,
+                args.steps,
+                args.model,
+                "sampled",
+                args.candidates,
+                args.optimizer,
+                args.table_dtype,
+                args.repeats,
+            )
+            reports = measure(case)
+            seconds = max(r.seconds for r in reports)
+            ms = 1000 * seconds / args.steps
+            first_ms.setdefault(p, ms)
+            flat = ms / first_ms[p] - 1
+            ok &= abs(flat) <= TARGET_FLAT
+            rates[n, p] = args.steps * args.batch_size / seconds
+            dim = make_interaction(args.model).entity_dim(args.rank)
+            table_bytes = torch.finfo(getattr(torch, args.table_dtype)).bits // 8
+            estimates = [
+                sampled_memory_estimate(r.rows, dim, args.batch_size, args.candidates, p, table_bytes, rowwise)
+                for r in reports
+            ]
+            growth_ok = all(r.peak_rss_bytes - r.start_rss_bytes <= e for r, e in zip(reports, estimates, strict=True))
+            ok &= growth_ok
+            growth = " / ".join(
+                f"{gib(r.peak_rss_bytes - r.start_rss_bytes)} ({gib(e)})"
+                for r, e in zip(reports, estimates, strict=True)
+            )
+            predicted = StepBytes.predict(args.batch_size, p, dim, 2 * NUM_RELATIONS)
+            measured = StepBytes(reports[0].all_reduce_bytes, reports[0].all_gather_bytes)
+            held = " / ".join(gib(r.table_bytes + r.optimizer_bytes) for r in reports)
+            rows.append(
+                f"| {n:,} | {p} | {case.threads} | {held}"
+                f" | {' / '.join(gib(r.peak_rss_bytes) for r in reports)} | {growth} {'✓' if growth_ok else '✗'}"
+                f" | {ms:.0f} | {flat:+.0%}{' ✓' if abs(flat) <= TARGET_FLAT else ' ✗'} | {rates[n, p]:,.0f}"
+                f" | {(measured.all_reduce + measured.all_gather) / 2**20:.2f}"
+                f" ({(predicted.all_reduce + predicted.all_gather) / 2**20:.2f}) |"
+            )
+            print(f"  done sampled N={n:,} P={p}: {rates[n, p]:,.0f} triples/s, {ms:.0f} ms/step", flush=True)
+    print(
+        f"\nsampled objective: {args.model} rank {args.rank}, S = {args.candidates:,} candidates per step "
+        f"(S/P per worker), batch {args.batch_size}, {args.optimizer}, {args.table_dtype} table, N3, "
+        f"median of {args.repeats} × {args.steps} timed steps; {NUM_RELATIONS} relations (+ reciprocals)\n"
+    )
+    print(
+        "| entities | P | threads/worker | table+optimizer GiB per worker | peak RSS GiB per worker "
+        "| RSS growth GiB (estimate) | step ms | step vs smallest N | triples/s "
+        "| collective MiB/step/worker (predicted) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    if args.exact_at:
+        print(
+            f"\nexact objective at {args.exact_at:,} entities, same model, rank and workers, "
+            f"batch {args.exact_batch}:\n"
+        )
+        print("| P | exact triples/s | sampled triples/s | sampled / exact |")
+        print("|---|---|---|---|")
+        for p in args.workers:
+            threads = args.threads or max(1, args.cores // p)
+            case = Case(args.exact_at, p, threads, args.rank, args.exact_batch, args.exact_steps, args.model)
+            exact = args.exact_steps * args.exact_batch / max(r.seconds for r in measure(case))
+            sampled = rates.get((args.exact_at, p), float("nan"))
+            ok &= sampled / exact >= TARGET_SPEEDUP
+            print(f"| {p} | {exact:,.1f} | {sampled:,.0f} | {sampled / exact:,.0f}× |", flush=True)
+    print(
+        f"\nchecks: step time within ±{TARGET_FLAT:.0%} of the smallest N; RSS growth ≤ its estimate; "
+        f"sampled ≥ {TARGET_SPEEDUP:.0f}× the exact triples/s: {'all met' if ok else 'NOT all met'}"
+    )
+    return ok
 
 
 def gib(n: float) -> str:
@@ -303,6 +420,54 @@ def project(args: argparse.Namespace) -> None:
 
 
 CUDA_RESERVE = 2 * 2**30
+GPU_FLOPS = 50e12  # assumed sustained float32 GEMM rate per GPU (an H100 SXM peaks at ~67 TFLOP/s)
+LINK_BYTES = 50e9  # assumed per-GPU collective bandwidth (bytes/s; NVLink within a node, ~IB between)
+COLLECTIVE_LATENCY = 50e-6  # per collective call
+STEP_OVERHEAD = 1e-3  # kernel launches, gathers of touched rows, their row-wise update: memory-bound, small
+SAMPLED_COLLECTIVES = 6  # rows of heads/tails (fwd, bwd), max, sum of exp, target logit, relation gradients
+
+
+def project_sampled(args: argparse.Namespace) -> None:
+    """The same 10^8-entity setting under ``train.objective: sampled`` with a bfloat16 table and row-wise
+    Adagrad: memory from ``sampled_memory_estimate`` (checked against RSS above), bytes per step from
+    ``StepBytes.predict`` (the same collectives as the exact step), and an epoch time from the
+    assumptions named in the printout."""
+    n, dim = args.project, make_interaction(args.model).entity_dim(args.rank)
+    budget = args.gpu_memory_gib * 2**30 - CUDA_RESERVE
+    examples = 2 * args.project_triples  # with reciprocals
+    print(
+        f"\nsampled projection: {n:,} entities, {args.project_triples:,.0f} triples ({examples:,.0f} examples with "
+        f"reciprocals), {args.model} rank {args.rank}, bfloat16 table, row-wise Adagrad, S = B candidates per step; "
+        f"assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s GEMMs, {LINK_BYTES / 1e9:.0f} GB/s links, "
+        f"{COLLECTIVE_LATENCY * 1e6:.0f} µs per collective, {STEP_OVERHEAD * 1e3:.0f} ms other work per step\n"
+    )
+    print(
+        "| GPUs | B = S | table GiB/GPU | row-wise Adagrad GiB/GPU | step buffers GiB | est. peak GiB/GPU | fits? "
+        "| largest B = S that fits | collective payload MiB/step/GPU | ring MiB sent/step/GPU "
+        "| scoring GFLOP/step/GPU | est. step ms | steps/epoch | est. epoch min (DGL-KE: 100) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for gpus in args.gpus:
+        rows = -(-n // gpus)
+        for batch in args.project_sampled_batches:
+            peak = sampled_memory_estimate(rows, dim, batch, batch, gpus, 2, True)
+            table, state = rows * dim * 2, rows * FLOAT
+            low, high = 0, 1 << 24  # largest B = S whose estimate fits, by bisection
+            while high - low > 1:
+                mid = (low + high) // 2
+                fits = sampled_memory_estimate(rows, dim, mid, mid, gpus, 2, True) <= budget
+                low, high = (mid, high) if fits else (low, mid)
+            step = StepBytes.predict(batch, gpus, dim, 2 * args.project_relations)
+            ring = step.ring_traffic(gpus)
+            flops = 3 * 2 * batch * (batch + batch) / gpus * dim  # B queries × (S + B true tails) / P candidates
+            seconds = flops / GPU_FLOPS + ring / LINK_BYTES + SAMPLED_COLLECTIVES * COLLECTIVE_LATENCY + STEP_OVERHEAD
+            steps = -(-examples // batch)
+            print(
+                f"| {gpus} | {batch:,} | {gib(table)} | {gib(state)} | {gib(peak - table - state - GROUP_BYTES)} "
+                f"| {gib(peak)} | {'yes' if peak <= budget else 'no'} | {low:,} "
+                f"| {(step.all_reduce + step.all_gather) / 2**20:.1f} | {ring / 2**20:.1f} | {flops / 1e9:.1f} "
+                f"| {seconds * 1e3:.2f} | {steps:,} | {steps * seconds / 60:.0f} |"
+            )
 
 
 def int_list(text: str) -> list[int]:
@@ -323,16 +488,29 @@ def main() -> None:
     parser.add_argument("--project-relations", type=int, default=1000)
     parser.add_argument("--project-batch", type=int, default=1000)
     parser.add_argument("--gpus", type=int_list, default=[8, 64])
+    parser.add_argument("--project-triples", type=lambda x: int(float(x)), default=340_000_000)
+    parser.add_argument("--project-sampled-batches", type=int_list, default=[1000, 10000])
     parser.add_argument("--gpu-memory-gib", type=float, default=79.0, help="per GPU (an 80 GB H100 shows ~79)")
     parser.add_argument("--skip-measure", action="store_true", help="print only the projection")
+    parser.add_argument("--objective", choices=["exact", "sampled"], default="exact")
+    parser.add_argument("--candidates", type=int, default=1000, help="S, sampled candidates per step over all workers")
+    parser.add_argument("--optimizer", choices=["adagrad", "rowwise_adagrad"], default="rowwise_adagrad")
+    parser.add_argument("--table-dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--exact-at", type=lambda s: int(float(s)), default=0, help="compare with exact at N")
+    parser.add_argument("--exact-batch", type=int, default=128)
+    parser.add_argument("--exact-steps", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="sampled: timed epochs per case, median reported")
+    parser.add_argument("--threads", type=int, default=0, help="threads per worker (default: --cores / P)")
     args = parser.parse_args()
     print(
         f"# benchmarks/scale.py · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu_name()}"
         f" · {os.cpu_count()} CPUs · torch {torch.__version__}",
         flush=True,
     )
-    ok = True if args.skip_measure else run_table(args)
+    measured = run_sampled_table if args.objective == "sampled" else run_table
+    ok = True if args.skip_measure else measured(args)
     project(args)
+    project_sampled(args)
     raise SystemExit(0 if ok else 1)
 
 

@@ -21,7 +21,7 @@ from distmap.errors import ConfigError
 ModelName = Literal["transe", "distmult", "complex", "rotate", "transae", "ikrl", "tbkge", "mmkrl", "otkge", "map"]
 STRUCTURAL_MODELS = ("transe", "distmult", "complex", "rotate")
 MODALITY_MODELS = ("transae", "ikrl", "tbkge", "mmkrl", "otkge", "map")  # need at least one modality
-OptimizerName = Literal["adagrad", "adam"]
+OptimizerName = Literal["adagrad", "rowwise_adagrad", "adam"]
 RegularizerName = Literal["n3", "l2", "none"]
 TieBreak = Literal["realistic", "optimistic", "pessimistic"]
 
@@ -150,6 +150,13 @@ class TrainConfig:
 
     ``allow_leaky_valid`` lets a run select its model on a valid split of which more than 5 % of
     the lines also occur in train (see ``distmap.data.hygiene``); without it such a run is refused.
+
+    ``objective: exact`` is the 1-vs-all softmax over all N entities; ``sampled`` scores each step's
+    queries against its true tails plus ``candidates`` (S) rows drawn uniformly, split over the
+    workers, and updates only the rows the step touched (``docs/distributed.md`` says when to
+    choose which). ``optimizer: rowwise_adagrad`` keeps one Adagrad accumulator per entity row
+    (PyTorch-BigGraph's); relations keep element-wise Adagrad. ``table_dtype: bfloat16`` stores the
+    entity table in half the memory, with float32 math on the gathered rows (``sampled`` only).
     """
 
     epochs: int = 50
@@ -170,9 +177,26 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0
     allow_leaky_valid: bool = False
+    objective: Literal["exact", "sampled"] = "exact"
+    candidates: int = 1000
+    table_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def check(self) -> None:
         _require(self.epochs > 0, "train.epochs", "must be > 0")
+        _require(self.candidates > 0, "train.candidates", "must be > 0")
+        if self.objective == "sampled":
+            _require(
+                self.optimizer != "adam",
+                "train.optimizer",
+                "objective sampled updates rows sparsely: adagrad or rowwise_adagrad",
+            )
+            _require(self.label_smoothing == 0, "train.label_smoothing", "not defined for objective sampled; use 0")
+            _require(self.class_weights == "none", "train.class_weights", "not defined for objective sampled; use none")
+        _require(
+            self.table_dtype == "float32" or self.objective == "sampled",
+            "train.table_dtype",
+            "bfloat16 needs objective sampled (the exact objective's dense update is float32)",
+        )
         _require(self.batch_size > 0, "train.batch_size", "must be > 0")
         _require(self.lr > 0, "train.lr", "must be > 0")
         _require(self.reg_weight >= 0, "train.reg_weight", "must be >= 0")
@@ -213,8 +237,11 @@ class ScaleConfig:
     """Where training runs: one process (``workers: 0``) or P Ray Train workers over row shards.
 
     ``address: local`` starts a private Ray instance on 127.0.0.1; anything else is passed to
-    ``ray.init`` (``auto`` inside a cluster). ``fail_at_step`` is fault injection for tests and
-    drills: the last worker exits at that global step, once per run, and Ray must recover.
+    ``ray.init`` (``auto`` inside a cluster). ``shard_triples``: each worker reads only its share
+    of the training triples (Parquet row groups) and a step's global batch is the union of the
+    workers' local batches; otherwise every worker holds all training triples and draws the same
+    batch. ``fail_at_step`` is fault injection for tests and drills: the last worker exits at that
+    global step, once per run, and Ray must recover.
     """
 
     workers: int = 0
@@ -223,6 +250,7 @@ class ScaleConfig:
     cpus_per_worker: int = 1
     max_failures: int = 0
     fail_at_step: int = 0
+    shard_triples: bool = False
 
     def check(self) -> None:
         _require(self.workers >= 0, "scale.workers", "must be >= 0 (0 = single process without Ray)")
@@ -263,6 +291,21 @@ class Config:
             name not in MODALITY_MODELS or bool(self.data.modalities),
             "data.modalities",
             f"model {name} needs at least one feature modality, e.g. [text]",
+        )
+        _require(
+            self.train.objective == "exact" or (name in STRUCTURAL_MODELS and not self.data.modalities),
+            "train.objective",
+            "sampled supports structural models without data.modalities (transe, distmult, complex, rotate)",
+        )
+        _require(
+            self.train.objective == "exact" or self.train.candidates >= max(1, self.scale.workers),
+            "train.candidates",
+            "objective sampled draws at least one candidate per worker: candidates >= scale.workers",
+        )
+        _require(
+            not self.scale.shard_triples or self.train.class_weights == "none",
+            "scale.shard_triples",
+            "class_weights: frequency counts targets over all training triples; use class_weights: none",
         )
         aligning = self.align.lambda_align > 0 or self.align.lambda_preserve > 0
         _require(

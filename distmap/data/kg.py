@@ -47,17 +47,46 @@ class KnowledgeGraph:
         return self.splits["test"]
 
     @classmethod
-    def load(cls, root: str | Path, *, verify: bool = True) -> KnowledgeGraph:
-        """Load a dataset directory; `verify` checks every file against the manifest's sha256."""
+    def load(cls, root: str | Path, *, verify: bool = True, train: bool = True) -> KnowledgeGraph:
+        """Load a dataset directory; `verify` checks every file read against the manifest's sha256.
+
+        ``train=False`` leaves the train split unread (an empty tensor): a worker of a run with
+        ``scale.shard_triples`` reads only its rows of it (``read_triple_rows``).
+        """
         root = Path(root)
         manifest = read_manifest(root)
         entities = read_names(root, manifest, "entities", verify=verify)
         relations = read_names(root, manifest, "relations", verify=verify)
         splits = {
             split: _read_triples(root, manifest, split, len(entities), len(relations), verify=verify)
+            if train or split != "train"
+            else torch.empty(0, 3, dtype=torch.long)
             for split in SPLITS
         }
         return cls(root, entities, relations, splits, manifest)
+
+    def read_triple_rows(self, split: str, lo: int, hi: int) -> tuple[torch.Tensor, list[int]]:
+        """Rows [lo, hi) of a split's triples, reading only the Parquet row groups that overlap them.
+
+        Returns the (hi - lo, 3) int64 triples and the indices of the row groups read.
+        """
+        path = self.root / self.manifest["splits"][split]["file"]
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise DataError(path, f"unreadable Parquet file ({str(exc).splitlines()[0]})") from None
+        sizes = [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)]
+        starts = np.cumsum([0, *sizes])
+        groups = [g for g in range(len(sizes)) if starts[g] < hi and starts[g + 1] > lo and lo < hi]
+        if not groups:
+            return torch.empty(0, 3, dtype=torch.long), []
+        data = parquet.read_row_groups(groups, columns=["h", "r", "t"])
+        first = lo - int(starts[groups[0]])
+        triples = np.stack([data.column(c).to_numpy() for c in ("h", "r", "t")], axis=1).astype(np.int64)
+        triples = triples[first : first + hi - lo]
+        _check_range(path, triples[:, [0, 2]], self.num_entities, "entity")
+        _check_range(path, triples[:, 1], self.num_relations, "relation")
+        return torch.from_numpy(triples), groups
 
     def all_triples(self) -> torch.Tensor:
         """train, valid and test stacked: the set of known true triples for filtered ranking."""

@@ -61,10 +61,10 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     os.replace(tmp, root / MANIFEST)
 
 
-def write_parquet(table: pa.Table, path: Path) -> str:
+def write_parquet(table: pa.Table, path: Path, row_group_size: int | None = None) -> str:
     """Write via a temporary name (a crash never leaves a truncated file); return its sha256."""
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, row_group_size=row_group_size)
     os.replace(tmp, path)
     return sha256_file(path)
 

@@ -55,3 +55,18 @@ class _AllReduceSum(torch.autograd.Function):
 def all_reduce_sum_with_grad(x: Tensor) -> Tensor:
     """Sum over workers; the gradient of each worker's copy is the sum of all workers' gradients."""
     return x if world()[1] == 1 else _AllReduceSum.apply(x)
+
+
+def all_gather_rows(rows: Tensor) -> Tensor:
+    """Every worker's (n_p, k) rows, stacked in worker order (n_p may differ: padded to the largest)."""
+    if world()[1] == 1:
+        return rows
+    size = world()[1]
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(size)]
+    dist.all_gather(counts, torch.tensor([len(rows)]))
+    longest = int(max(counts))
+    padded = rows.new_zeros(longest, rows.shape[1])
+    padded[: len(rows)] = rows
+    parts = [torch.empty_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, counts, strict=True)])

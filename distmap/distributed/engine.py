@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from distmap.config import Config
+from distmap.data.batches import QueryGroups
 from distmap.data.kg import KnowledgeGraph
-from distmap.distributed.collectives import barrier, world
+from distmap.distributed.collectives import all_reduce_, barrier, world
 from distmap.distributed.partition import row_ranges
 from distmap.distributed.shard_checkpoint import (
     COMMON,
@@ -38,12 +39,22 @@ from distmap.distributed.sharded import (
     sharded_views,
     sync_replicated_grads,
 )
+from distmap.distributed.triple_shards import ShardedGroups, range_filter, read_train_shard
 from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult
-from distmap.train.fit import Progress, check_resumable, feature_reader, make_optimizer, training_parts
+from distmap.train.fit import (
+    Progress,
+    check_resumable,
+    feature_reader,
+    make_optimizer,
+    training_groups,
+    training_parts,
+    training_step,
+)
 from distmap.train.loop import EpochStats, StepLoss, run_epoch
+from distmap.train.sampled import CandidateSampler
 
 Publish = Callable[[Path, dict[str, Any]], None]
 
@@ -82,11 +93,21 @@ class ShardedEngine:
             entity_range=(self.lo, self.hi),
             modalities=cfg.data.modalities,
             read_features=read_and_record,
+            table_dtype=getattr(torch, cfg.train.table_dtype),
         ).to(device)
-        self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
+        self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
-        self.num_examples = self.groups.num_triples
+        self.sampler = CandidateSampler(cfg.train.seed)
+        self.train_row_groups: list[int] = []  # of train.parquet, read by this worker under scale.shard_triples
+        self.groups: QueryGroups | ShardedGroups
+        if cfg.scale.shard_triples:
+            triples, self.train_row_groups = read_train_shard(kg, self.rank, size)
+            local, self.objective = training_groups(cfg, triples, kg.num_entities, kg.num_relations, device)
+            self.groups, self.filter_index = ShardedGroups(local), range_filter(kg, self.lo, self.hi, device)
+            self.num_examples = int(all_reduce_(torch.tensor([local.num_triples])))
+        else:
+            self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
+            self.num_examples = self.groups.num_triples
         # Everything but the entity rows (relations, projections, fusion) is replicated on every worker.
         self.replicated = {n: p for n, p in self.model.named_parameters() if p is not self.model.entities.weight}
         self.keep_best()
@@ -94,7 +115,9 @@ class ShardedEngine:
 
     def train_epoch(self, desc: str) -> EpochStats:
         self.model.train()
-        step = sharded_step(self.model, self.groups, self.objective)
+        step = training_step(
+            self.cfg, self.model, self.groups, self.objective, self.optimizer, self.sampler, exact=sharded_step
+        )
         if self.fault is not None:
             step = self.fault.wrap(step)
         return run_epoch(
@@ -153,6 +176,7 @@ class ShardedEngine:
                         "replicated_state": {n: dict(self.optimizer.state[p]) for n, p in self.replicated.items()},
                         "entity_scalars": entity_scalars(self.optimizer, weight),
                         "generator": self.generator.get_state(),
+                        "sampler_steps": self.sampler.steps,
                         "torch_rng": torch.get_rng_state(),
                         "config": self.cfg.to_dict(),
                         "num_entities": self.kg.num_entities,
@@ -178,6 +202,7 @@ class ShardedEngine:
             state = common["replicated_state"][name]
             self.optimizer.state[p] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()}
         self.generator.set_state(common["generator"])
+        self.sampler.steps = common["sampler_steps"]
         torch.set_rng_state(common["torch_rng"])
         return Progress.from_saved(common)
 

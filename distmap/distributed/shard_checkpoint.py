@@ -95,20 +95,23 @@ def load_rows(
     return {name: torch.cat(parts) for name, parts in pieces.items()}, read
 
 
-def entity_state(optimizer: torch.optim.Optimizer, weight: Tensor) -> dict[str, Tensor]:
-    """The optimizer's per-row state tensors of the entity table (Adagrad ``sum``, Adam moments)."""
-    return {f"opt.{k}": v for k, v in optimizer.state[weight].items() if torch.is_tensor(v) and v.shape == weight.shape}
+def entity_state(optimizer: Any, weight: Tensor) -> dict[str, Tensor]:
+    """The optimizer's per-row state tensors of the entity table (Adagrad ``sum``, Adam moments,
+    row-wise Adagrad's one value per row)."""
+    return {f"opt.{k}": v for k, v in optimizer.state[weight].items() if _per_row(v, weight)}
 
 
-def restore_entity_state(
-    optimizer: torch.optim.Optimizer, weight: Tensor, rows: dict[str, Tensor], scalars: dict[str, Any]
-) -> None:
+def _per_row(value: Any, weight: Tensor) -> bool:
+    return torch.is_tensor(value) and value.dim() >= 1 and value.shape[0] == weight.shape[0]
+
+
+def restore_entity_state(optimizer: Any, weight: Tensor, rows: dict[str, Tensor], scalars: dict[str, Any]) -> None:
     """Put per-row state back for this worker's rows, plus the shared scalars (e.g. Adam's step)."""
     state = {k.removeprefix("opt."): v.to(weight.device) for k, v in rows.items() if k.startswith("opt.")}
     state.update({k: v.clone() if torch.is_tensor(v) else v for k, v in scalars.items()})
     optimizer.state[weight] = state
 
 
-def entity_scalars(optimizer: torch.optim.Optimizer, weight: Tensor) -> dict[str, Any]:
+def entity_scalars(optimizer: Any, weight: Tensor) -> dict[str, Any]:
     """The non-row state of the entity table's optimizer (equal on every worker: the step count)."""
-    return {k: v for k, v in optimizer.state[weight].items() if not (torch.is_tensor(v) and v.shape == weight.shape)}
+    return {k: v for k, v in optimizer.state[weight].items() if not _per_row(v, weight)}

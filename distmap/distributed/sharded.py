@@ -16,6 +16,10 @@ collective. One step:
    split over the workers by pairs, so its terms are counted once.
 
 With one worker (or no process group) this is the single-process objective on the same batch.
+
+``sampled_step`` is the same step for ``train.objective: sampled``: each worker scores the queries
+against its sampled candidate rows instead of all of its rows (``distmap.train.sampled``), with
+the same collectives, and only the rows it touched get a gradient and an update.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from torch import Tensor
 from distmap.data.batches import QueryGroups
 from distmap.distributed.collectives import all_reduce_, all_reduce_sum_with_grad, world
 from distmap.distributed.parallel_ce import worker_reduction
+from distmap.distributed.partition import row_ranges
 from distmap.models.model import EntityViews, KGEModel
 from distmap.train.evaluate import (
     EvalResult,
@@ -39,6 +44,8 @@ from distmap.train.evaluate import (
 )
 from distmap.train.loop import StepLoss
 from distmap.train.objective import Objective
+from distmap.train.sampled import Sampler, sampled_candidates
+from distmap.train.sparse import TableAdagrad
 
 
 def replicated_rows(block: Tensor, lo: int, ids: Tensor) -> Tensor:
@@ -50,7 +57,16 @@ def replicated_rows(block: Tensor, lo: int, ids: Tensor) -> Tensor:
     if world()[1] == 1:
         return block[ids - lo]
     owned = ((ids >= lo) & (ids < lo + len(block))).nonzero().squeeze(1)
-    local = block.new_zeros(len(ids), block.shape[1]).index_copy(0, owned, block[ids[owned] - lo])
+    return shared_rows(block[ids[owned] - lo], owned, len(ids))
+
+
+def shared_rows(mine: Tensor, owned: Tensor, count: int) -> Tensor:
+    """The (count, d) rows every worker asked for alike, of which this worker holds ``mine`` (the
+    rows at positions ``owned``): one all-reduce, whose backward routes each gradient to the owner.
+    With one worker ``mine`` is all of them, in order."""
+    if world()[1] == 1:
+        return mine
+    local = mine.new_zeros(count, mine.shape[1]).index_copy(0, owned, mine)
     return all_reduce_sum_with_grad(local)
 
 
@@ -87,6 +103,53 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
         entities = batch.entities()
         mine = entities[(entities >= lo) & (entities < hi)] - lo  # alignment etc. on this worker's own rows
         local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine)
+        logged = fit.detach() + all_reduce_(local.detach().clone())
+        return fit + local, logged, fit.detach()
+
+    return loss
+
+
+def sampled_step(
+    model: KGEModel, groups: QueryGroups, objective: Objective, table: TableAdagrad, sampler: Sampler, candidates: int
+) -> StepLoss:
+    """The step of ``train.objective: sampled`` (``distmap.train.sampled``), touching only the rows it uses.
+
+    This worker's rows that the step reads (its heads and tails of the batch, its true tails and
+    drawn candidates) are gathered once into a float32 leaf by ``table``, the optimizer that then
+    updates exactly those rows: no table-sized gradient, no table-sized optimizer pass. The
+    collectives are the exact step's: the rows of heads and tails (one all-reduce, routed back to
+    the owners in backward) and the vocab-parallel reductions over the union of candidates.
+    Structural models only: the candidates are rows of the table itself.
+    """
+    rank, size = world()
+    device = model.relations.device
+    weight, lo, hi = model.entities.weight, model.entities.lo, model.entities.hi
+    ranges = row_ranges(model.num_entities, size)
+    draws = [b - a for a, b in row_ranges(candidates, size)]  # S_p of every worker
+    reduction = worker_reduction()
+
+    def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch = groups.select(ids).to(device)
+        h, r = batch.queries.unbind(1)
+        num_queries, num_pairs = len(h), len(batch.tails)
+        cand = sampled_candidates(batch.tails, sampler.draw(lo, hi, draws[rank]).to(device), ranges, rank, draws)
+        ends = torch.cat([h, batch.tails])
+        owned = ((ends >= lo) & (ends < hi)).nonzero().squeeze(1)
+        touched = torch.unique(torch.cat([ends[owned], cand.ids]))  # (M,) sorted global ids, all in [lo, hi)
+        leaf = table.gather(weight, touched - lo)  # (M, d) float32
+
+        def rows(global_ids: Tensor) -> Tensor:
+            return leaf[torch.searchsorted(touched, global_ids)]
+
+        h_emb, t_emb = shared_rows(rows(ends[owned]), owned, len(ends)).split([num_queries, num_pairs])
+        r_emb = model.relations[r]
+        q = model.interaction.query(h_emb, r_emb)
+        scores = model.interaction.score(q, rows(cand.ids)) + cand.correction  # (Q, C_p)
+        fit = objective.cross_entropy(scores, batch.pair_query, cand.pair_column, cand.offset, cand.total, reduction)
+        share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
+        pair_query = batch.pair_query[share]
+        factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
+        local = objective.penalty(factors, num_pairs)
         logged = fit.detach() + all_reduce_(local.detach().clone())
         return fit + local, logged, fit.detach()
 

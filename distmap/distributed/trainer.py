@@ -87,7 +87,7 @@ def _worker_loop(config: dict[str, Any]) -> None:
     rank = ray.train.get_context().get_world_rank()
     _quiet_ray_train_logs(rank)
     device = ray.train.torch.get_device() if cfg.scale.use_gpu else torch.device("cpu")
-    kg = KnowledgeGraph.load(cfg.data.path)
+    kg = KnowledgeGraph.load(cfg.data.path, train=not cfg.scale.shard_triples)  # else only this worker's rows
     checkpoint = ray.train.get_checkpoint()
     marker = Path(cfg.track.output_dir) / run_name(cfg) / "fault-injected"
     log: Callable[[str], None] = _print_once if rank == 0 else (lambda _: None)

@@ -20,33 +20,41 @@ from distmap.models.interactions import Interaction, RotatE
 INIT_BLOCK_ROWS = 4096
 
 
-def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int) -> Tensor:
+def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int, dtype: torch.dtype | None = None) -> Tensor:
     """N(0, scale^2) rows [lo, hi) of a table, identical whichever worker makes which range.
 
     Rows come in fixed blocks, each from its own generator seeded by (seed, block), so a worker
-    draws only its blocks: no full table anywhere, and any partition gives the same rows.
+    draws only its blocks: no full table anywhere, and any partition gives the same rows. Each
+    block is scaled and cast as it is written, so a bfloat16 table never exists in float32.
     """
-    out = torch.empty(hi - lo, dim)
+    out = torch.empty(hi - lo, dim, dtype=dtype or torch.get_default_dtype())
     for block in range(lo // INIT_BLOCK_ROWS, -(-hi // INIT_BLOCK_ROWS)):
         start = block * INIT_BLOCK_ROWS
         generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
         rows = torch.randn(INIT_BLOCK_ROWS, dim, generator=generator)
         a, b = max(lo, start), min(hi, start + INIT_BLOCK_ROWS)
-        out[a - lo : b - lo] = rows[a - start : b - start]
-    return out * scale
+        out[a - lo : b - lo] = rows[a - start : b - start] * scale
+    return out
 
 
 class EntityTable(nn.Module):
     """Entity embeddings for global rows [lo, hi) of ``num_total``."""
 
     def __init__(
-        self, num_total: int, dim: int, init_scale: float, seed: int, lo: int = 0, hi: int | None = None
+        self,
+        num_total: int,
+        dim: int,
+        init_scale: float,
+        seed: int,
+        lo: int = 0,
+        hi: int | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.num_total = num_total
         self.lo = lo
         self.hi = num_total if hi is None else hi
-        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed))
+        self.weight = nn.Parameter(init_rows(self.lo, self.hi, dim, init_scale, seed, dtype))
 
     def rows(self, ids: Tensor) -> Tensor:
         """Embeddings of global entity ids, which must lie in this table's range."""
@@ -93,11 +101,12 @@ class KGEModel(nn.Module):
         init_scale: float,
         seed: int = 0,
         entity_range: tuple[int, int] | None = None,
+        table_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.interaction = interaction
         lo, hi = entity_range or (0, num_entities)
-        self.entities = EntityTable(num_entities, interaction.entity_dim(rank), init_scale, seed, lo, hi)
+        self.entities = EntityTable(num_entities, interaction.entity_dim(rank), init_scale, seed, lo, hi, table_dtype)
         rel_dim = interaction.relation_dim(rank)
         generator = torch.Generator().manual_seed(seed)  # relations are replicated: same draw everywhere
         if isinstance(interaction, RotatE):
@@ -114,9 +123,11 @@ class KGEModel(nn.Module):
         """This model's rows in every view; a structural model's fused rows are its table (no copy).
 
         ``fetch`` gives structural rows outside this block (a model that needs some, e.g. OTKGE's
-        anchor entities, uses it; the default reads the local table).
+        anchor entities, uses it; the default reads the local table). A bfloat16 table is read as
+        float32 (a copy: evaluation and the exact objective compute in float32).
         """
         weight = self.entities.weight
+        weight = weight.float() if weight.dtype == torch.bfloat16 else weight
         return EntityViews(self.entities.lo, weight, weight)
 
     def auxiliary_loss(self, views: EntityViews, rows: Tensor) -> Tensor:

@@ -63,18 +63,20 @@ def build_model(
     entity_range: tuple[int, int] | None = None,
     modalities: list[str] | None = None,
     read_features: FeatureReader | None = None,
+    table_dtype: torch.dtype | None = None,
 ) -> KGEModel:
     """A model over ``num_entities`` and 2 x ``num_base_relations`` (reciprocals included).
 
     ``entity_range`` = the rows [lo, hi) this worker holds (default: all); initial values do
     not depend on it, so any partition starts from the same parameters. ``modalities`` are read
-    for those rows only, through ``read_features``.
+    for those rows only, through ``read_features``. ``table_dtype`` stores a structural model's
+    entity table (bfloat16: half the memory, for the sampled objective's row updates).
     """
     modalities = list(modalities or [])
     interaction = interaction_for(cfg, len(modalities))
     base = (interaction, num_entities, 2 * num_base_relations, cfg.rank, cfg.init_scale, seed)
     if not modalities:
-        return KGEModel(*base, entity_range)
+        return KGEModel(*base, entity_range, table_dtype)
     if read_features is None:
         raise ValueError("modalities given without a feature reader")
     lo, hi = entity_range or (0, num_entities)

@@ -24,6 +24,7 @@ from distmap.data.hygiene import LEAKY_VALID_SHARE, split_hygiene
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
 from distmap.data.manifest import MANIFEST, read_manifest
 from distmap.data.shards import FeatureShards
+from distmap.distributed.sharded import sampled_step
 from distmap.errors import DistmapError
 from distmap.models.model import KGEModel
 from distmap.models.multimodal import FeatureRows
@@ -32,12 +33,16 @@ from distmap.plots import training_curve
 from distmap.track import Tracker
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
-from distmap.train.loop import EpochStats, train_epoch
+from distmap.train.loop import EpochStats, StepLoss, local_step, run_epoch
 from distmap.train.objective import Objective, frequency_class_weights
 from distmap.train.probe import METRIC as PROBE_METRIC
 from distmap.train.probe import pairwise_spread, probe_ids
+from distmap.train.sampled import CandidateSampler
+from distmap.train.sparse import SplitOptimizer, TableAdagrad
 
 SELECTION_METRIC = "both/mrr"
+
+Optimizer = torch.optim.Optimizer | SplitOptimizer
 
 
 @dataclass
@@ -86,14 +91,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
-    """Adagrad or Adam over ``params`` (already on their device).
+def make_optimizer(name: str, model: KGEModel, lr: float, sparse: bool = False) -> Optimizer:
+    """The optimizer of ``model`` (parameters already on their device).
 
-    On CPU the fused kernels update each row in one pass: the stock Adagrad allocates a
-    table-sized ``sqrt(sum)`` and reads the table four times, which at 10^6 rows costs
+    Adagrad or Adam: on CPU the fused kernels update each row in one pass: the stock Adagrad
+    allocates a table-sized ``sqrt(sum)`` and reads the table four times, which at 10^6 rows costs
     more than the step's GEMMs (benchmarks/scale.py). CUDA keeps torch's default (foreach).
+    ``rowwise_adagrad``, or ``sparse`` (the sampled objective's touched-rows updates), give the entity
+    table a ``TableAdagrad`` and every other parameter element-wise Adagrad.
     """
-    params = list(params)
+    table = model.entities.weight
+    if name == "rowwise_adagrad" or sparse:
+        rest = [p for p in model.parameters() if p is not table]
+        return SplitOptimizer(TableAdagrad([table], lr, rowwise=name == "rowwise_adagrad"), _stock("adagrad", rest, lr))
+    return _stock(name, list(model.parameters()), lr)
+
+
+def _stock(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
     fused = True if all(p.device.type == "cpu" for p in params) else None
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, fused=fused)
@@ -142,17 +156,39 @@ def check_resumable(saved: dict[str, Any], cfg: Config, where: Path) -> None:
 def training_parts(cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[QueryGroups, Objective, FilterIndex]:
     """Training examples (with reciprocals) grouped by query (``train.loop``), the objective and the
     filter: the same for 1 or P workers."""
-    examples = add_reciprocals(kg.train, kg.num_relations)
+    groups, objective = training_groups(cfg, kg.train, kg.num_entities, kg.num_relations, device)
+    return groups, objective, build_filter(kg, device)
+
+
+def training_groups(
+    cfg: Config, train: torch.Tensor, num_entities: int, num_relations: int, device: torch.device
+) -> tuple[QueryGroups, Objective]:
+    """``train`` triples with reciprocals, grouped by query, and the objective."""
+    examples = add_reciprocals(train, num_relations)
     weights = (
-        frequency_class_weights(examples, kg.num_entities).to(device)
-        if cfg.train.class_weights == "frequency"
-        else None
+        frequency_class_weights(examples, num_entities).to(device) if cfg.train.class_weights == "frequency" else None
     )
     objective = Objective(
         cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights, alignment_terms(cfg.align)
     )
-    groups = QueryGroups.build(examples, grouped=cfg.train.loop == "grouped")
-    return groups, objective, build_filter(kg, device)
+    return QueryGroups.build(examples, grouped=cfg.train.loop == "grouped"), objective
+
+
+def training_step(
+    cfg: Config,
+    model: KGEModel,
+    groups: QueryGroups,
+    objective: Objective,
+    optimizer: Optimizer,
+    sampler: CandidateSampler,
+    exact: Callable[[KGEModel, QueryGroups, Objective], StepLoss] = local_step,
+) -> StepLoss:
+    """The step of ``train.objective``: ``exact`` (one process's or a worker's 1-vs-all step) or the
+    sampled step, which is the same code for one process and P workers."""
+    if cfg.train.objective == "exact":
+        return exact(model, groups, objective)
+    assert isinstance(optimizer, SplitOptimizer)  # make_optimizer(..., sparse=True) gives one
+    return sampled_step(model, groups, objective, optimizer.table, sampler, cfg.train.candidates)
 
 
 @dataclass
@@ -224,18 +260,20 @@ class LocalEngine:
             cfg.train.seed,
             modalities=cfg.data.modalities,
             read_features=feature_reader(kg.root, cfg.data.modalities),
+            table_dtype=getattr(torch, cfg.train.table_dtype),
         ).to(device)
-        self.optimizer = make_optimizer(cfg.train.optimizer, self.model.parameters(), cfg.train.lr)
+        self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.sampler = CandidateSampler(cfg.train.seed)
         self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
         self.num_examples = self.groups.num_triples
         self.best: dict[str, torch.Tensor] | None = None
 
     def train_epoch(self, desc: str) -> EpochStats:
         t = self.cfg.train
-        return train_epoch(
-            self.model, self.groups, self.optimizer, self.objective, t.batch_size, self.generator, desc, t.batch_unit
-        )
+        self.model.train()
+        step = training_step(self.cfg, self.model, self.groups, self.objective, self.optimizer, self.sampler)
+        return run_epoch(step, self.optimizer, self.groups, t.batch_size, self.generator, desc, unit=t.batch_unit)
 
     def evaluate(self, split: str) -> EvalResult:
         return evaluate_split(self.model, self.kg, split, self.filter_index, self.cfg)
@@ -259,6 +297,7 @@ class LocalEngine:
                 "optimizer": self.optimizer.state_dict(),
                 "best_state": self.best,
                 "generator": self.generator.get_state(),
+                "sampler_steps": self.sampler.steps,
                 "torch_rng": torch.get_rng_state(),
                 "config": self.cfg.to_dict(),
             },
@@ -274,6 +313,7 @@ class LocalEngine:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.generator.set_state(saved["generator"])
+        self.sampler.steps = saved["sampler_steps"]
         torch.set_rng_state(saved["torch_rng"])
         self.best = saved["best_state"]
         return Progress.from_saved(saved)
