@@ -20,14 +20,14 @@ from distmap.models.interactions import Interaction, RotatE
 INIT_BLOCK_ROWS = 4096
 
 
-def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int, dtype: torch.dtype = torch.float32) -> Tensor:
+def init_rows(lo: int, hi: int, dim: int, scale: float, seed: int, dtype: torch.dtype | None = None) -> Tensor:
     """N(0, scale^2) rows [lo, hi) of a table, identical whichever worker makes which range.
 
     Rows come in fixed blocks, each from its own generator seeded by (seed, block), so a worker
     draws only its blocks: no full table anywhere, and any partition gives the same rows. Each
     block is scaled and cast as it is written, so a bfloat16 table never exists in float32.
     """
-    out = torch.empty(hi - lo, dim, dtype=dtype)
+    out = torch.empty(hi - lo, dim, dtype=dtype or torch.get_default_dtype())
     for block in range(lo // INIT_BLOCK_ROWS, -(-hi // INIT_BLOCK_ROWS)):
         start = block * INIT_BLOCK_ROWS
         generator = torch.Generator().manual_seed(seed * 1_000_003 + block)
@@ -48,7 +48,7 @@ class EntityTable(nn.Module):
         seed: int,
         lo: int = 0,
         hi: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.num_total = num_total
@@ -101,7 +101,7 @@ class KGEModel(nn.Module):
         init_scale: float,
         seed: int = 0,
         entity_range: tuple[int, int] | None = None,
-        table_dtype: torch.dtype = torch.float32,
+        table_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.interaction = interaction
@@ -126,7 +126,8 @@ class KGEModel(nn.Module):
         anchor entities, uses it; the default reads the local table). A bfloat16 table is read as
         float32 (a copy: evaluation and the exact objective compute in float32).
         """
-        weight = self.entities.weight.float()
+        weight = self.entities.weight
+        weight = weight.float() if weight.dtype == torch.bfloat16 else weight
         return EntityViews(self.entities.lo, weight, weight)
 
     def auxiliary_loss(self, views: EntityViews, rows: Tensor) -> Tensor:

@@ -63,7 +63,7 @@ def build_model(
     entity_range: tuple[int, int] | None = None,
     modalities: list[str] | None = None,
     read_features: FeatureReader | None = None,
-    table_dtype: torch.dtype = torch.float32,
+    table_dtype: torch.dtype | None = None,
 ) -> KGEModel:
     """A model over ``num_entities`` and 2 x ``num_base_relations`` (reciprocals included).
 
