@@ -225,16 +225,19 @@ def test_rowwise_adagrad_is_the_hand_computed_step() -> None:
     torch.testing.assert_close(table.detach()[:2], torch.tensor(expected[:2]))
 
 
-def test_elementwise_table_adagrad_is_torch_adagrad() -> None:
-    a = torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_elementwise_table_adagrad_is_torch_adagrad(dtype: torch.dtype) -> None:
+    """Same updates as torch's Adagrad, in the table's precision when it is wider than float32."""
+    a = torch.nn.Parameter(torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=dtype))
     b = torch.nn.Parameter(a.detach().clone())
     mine, torch_adagrad = TableAdagrad([a], lr=0.1, rowwise=False), torch.optim.Adagrad([b], lr=0.1)
     for seed in range(3):
-        grad = torch.randn(5, 3, generator=torch.Generator().manual_seed(seed + 1))
+        grad = torch.randn(5, 3, generator=torch.Generator().manual_seed(seed + 1), dtype=dtype)
         a.grad, b.grad = grad.clone(), grad.clone()
         mine.step()
         torch_adagrad.step()
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+    assert mine.state[a]["sum"].dtype == dtype
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-7 if dtype == torch.float32 else 1e-15)
 
 
 def sampled_config(dataset: Path, out: Path, epochs: int, **train: object) -> object:

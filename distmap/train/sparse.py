@@ -33,23 +33,24 @@ class TableAdagrad(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 shape = p.shape[:1] if rowwise else p.shape
-                self.state[p] = {"step": torch.zeros(()), "sum": torch.zeros(shape, device=p.device)}
+                self.state[p] = {"step": torch.zeros(()), "sum": torch.zeros(shape, dtype=_math(p), device=p.device)}
 
     def gather(self, table: Tensor, rows: Tensor) -> Tensor:
-        """A float32 leaf (M, d) holding ``table[rows]`` (rows: sorted distinct local indices); the
-        next ``step`` applies its gradient to those rows only."""
-        leaf = table.detach()[rows].float().requires_grad_()
+        """A leaf (M, d) holding ``table[rows]`` in float32 or wider (rows: sorted distinct local
+        indices); the next ``step`` applies its gradient to those rows only."""
+        leaf = table.detach()[rows].to(_math(table)).requires_grad_()
         self._pending.append((table, rows, leaf))
         return leaf
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but the accumulators stay float32: torch casts saved state to the parameter's
-        dtype, which for a bfloat16 table would round them and break exact resumption."""
+        """As torch's, but the accumulators keep their float32 (or wider) dtype: torch casts saved
+        state to the parameter's dtype, which for a bfloat16 table would round them and break exact
+        resumption."""
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
         for index, saved in state_dict["state"].items():
             p = params[index]
-            self.state[p]["sum"] = saved["sum"].to(device=p.device, dtype=torch.float32, copy=True)
+            self.state[p]["sum"] = saved["sum"].to(device=p.device, dtype=_math(p), copy=True)
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:
@@ -68,14 +69,19 @@ class TableAdagrad(torch.optim.Optimizer):
     def _update(self, table: Tensor, rows: Tensor | slice, grad: Tensor, group: dict[str, Any]) -> None:
         state = self.state[table]
         state["step"] += 1
-        grad = grad.float()  # (M, d)
+        grad = grad.to(_math(table))  # (M, d)
         square = grad.pow(2).mean(dim=1) if group["rowwise"] else grad * grad  # (M,) or (M, d)
         total = state["sum"][rows] + square
         state["sum"][rows] = total
         std = total.sqrt().add_(group["eps"])
         if group["rowwise"]:
             std = std[:, None]
-        table[rows] = table[rows].float().addcdiv_(grad, std, value=-group["lr"]).to(table.dtype)
+        table[rows] = table[rows].to(grad.dtype).addcdiv_(grad, std, value=-group["lr"]).to(table.dtype)
+
+
+def _math(table: Tensor) -> torch.dtype:
+    """The dtype updates are computed and state kept in: float32, or the table's if wider (float64)."""
+    return torch.promote_types(table.dtype, torch.float32)
 
 
 class SplitOptimizer:
