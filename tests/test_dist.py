@@ -80,7 +80,7 @@ class PerRange:
                 {m: v[a:b] for m, v in views.features.items()},
             )
             total = total + self.term(part, rows[(rows >= a) & (rows < b)] - a)
-        return total
+        return total / len(self.ranges)  # P workers average their terms
 
 
 VARIANTS = {  # name -> (model config, modalities, alignment)

@@ -102,7 +102,9 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
         factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
         entities = batch.entities()
         mine = entities[(entities >= lo) & (entities < hi)] - lo  # alignment etc. on this worker's own rows
-        local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine)
+        # Each worker's terms are one sample of the same expectation (its own sub-distribution): their
+        # mean over the workers is the objective's term, so its weight does not grow with P.
+        local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine) / size
         logged = fit.detach() + all_reduce_(local.detach().clone())
         return fit + local, logged, fit.detach()
 
