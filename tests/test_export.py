@@ -124,7 +124,7 @@ def test_two_worker_ray_run_exports_and_predicts_through_jobs(ring_dataset: Path
     job("export.py", "--out", str(short_dir / "emb.parquet"))
     entities, relations = read_back(short_dir / "emb.parquet", kg.entities, kg.relations)
     assert torch.equal(entities, rows["best"])
-    assert torch.equal(relations, load_checkpoint(folder / COMMON)["best_relations"])
+    assert torch.equal(relations, load_checkpoint(folder / COMMON)["best_replicated"]["relations"])
 
     queries = short_dir / "queries.tsv"
     queries.write_text("e000\tnext\t?\n?\tskip\te007\n")

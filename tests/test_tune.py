@@ -18,7 +18,6 @@ import yaml
 from distmap.cli import main
 from distmap.config import TrackConfig
 from distmap.errors import ConfigError
-from distmap.track import Tracker
 from distmap.tune.record import ERROR_TAG, STOPPED_TAG, close_stopped
 from distmap.tune.study import load_study
 from distmap.tune.trial import PARAMS_TAG, STUDY_TAG
@@ -70,7 +69,9 @@ def test_a_sweep_varies_one_key_at_a_time_around_the_base(ring_dataset: Path, tm
 
 def test_a_run_the_scheduler_stopped_is_closed_as_killed(tmp_path: Path) -> None:
     track = TrackConfig(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="tiny", run_name="tiny-1")
-    Tracker(track).start("tiny-1", {"train.lr": 0.1})  # left RUNNING, as a stopped trial leaves it
+    # left RUNNING in the store, as a stopped trial leaves it (through the client: no run stays active here)
+    client = mlflow.MlflowClient(track.tracking_uri)
+    client.create_run(client.create_experiment("tiny"), run_name="tiny-1")
     close_stopped(track, {STUDY_TAG: "tiny"})
     (run,) = mlflow.MlflowClient(track.tracking_uri).search_runs(["1"])
     assert run.info.status == "KILLED"
