@@ -72,6 +72,8 @@ class Predictor:
         if chunk_size < 1:
             raise DistmapError(f"chunk size must be positive, got {chunk_size}")
         self.model, self.kg, self.tie, self.chunk_size = model.eval(), kg, tie, chunk_size
+        with torch.no_grad():  # a multimodal model's fused rows, computed once rather than per scored chunk
+            self.score = model.scorer()
         self.entity_ids = {name: i for i, name in enumerate(kg.entities)}
         self.relation_ids = {name: i for i, name in enumerate(kg.relations)}
         device = model.relations.device
@@ -110,7 +112,7 @@ class Predictor:
         scores = torch.empty(len(h), 0, device=h.device)
         ids = torch.empty(len(h), 0, dtype=torch.long, device=h.device)
         for lo, hi in self._chunks():
-            chunk = self.model.score(h, r, lo, hi)  # (B, hi - lo)
+            chunk = self.score(h, r, lo, hi)  # (B, hi - lo)
             _refuse_nan(chunk)
             # the kept ids are all below lo and come first, so a stable sort keeps ties in id order
             merged = torch.cat([scores, chunk], dim=1)
@@ -144,11 +146,11 @@ class Predictor:
         """
         h, r = self._tensors([query])
         start = entity - entity % self.chunk_size
-        target = self.model.score(h, r, start, min(start + self.chunk_size, self.kg.num_entities))[:, entity - start]
+        target = self.score(h, r, start, min(start + self.chunk_size, self.kg.num_entities))[:, entity - start]
         zeros = torch.zeros(1, dtype=torch.long, device=h.device)
         counts = RankCounts(zeros, zeros)
         for lo, hi in self._chunks():
-            chunk = self.model.score(h, r, lo, hi)
+            chunk = self.score(h, r, lo, hi)
             _refuse_nan(chunk)
             rows, cols = (x.to(h.device) for x in self.filter_index.answers(h, r, lo, hi))
             if lo <= entity < hi and not (cols == entity - lo).any():
