@@ -101,7 +101,7 @@ def time_distmap_epoch(
     """distmap's own ``train_epoch`` over train + reciprocals with N3, exactly as ``fit`` runs it
     (``batch_size`` queries a step, which is ``batch_size`` triples for the per-triple loop)."""
     groups = QueryGroups.build(add_reciprocals(kg.train, kg.num_relations), grouped=grouped)
-    optimizer = make_optimizer("adagrad", model.parameters(), LR)
+    optimizer = make_optimizer("adagrad", model, LR)
     objective = Objective("n3", N3_WEIGHT)
     generator = torch.Generator().manual_seed(SEED)
     seconds = median_time(lambda: train_epoch(model, groups, optimizer, objective, batch_size, generator), repeats)
