@@ -42,6 +42,7 @@ from distmap.config import Config, TrackConfig, load_config
 from distmap.models.model import EntityViews
 from distmap.track import Tracker
 
+FEATURE_WIDTH = 384  # WN9-IMG's text feature rows
 QUERIES_PER_ENTITY = 15854 / 6555  # WN9-IMG: grouped (h, r) queries with reciprocals per entity
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,12 +52,21 @@ def int_list(text: str) -> list[int]:
 
 
 def views(n: int, dim: int, seed: int = 0) -> tuple[EntityViews, list[torch.Tensor]]:
-    """Random structural and projected rows (leaves with gradients), all entities having the modality."""
+    """Random structural rows and projected text rows (leaves with gradients), all entities having
+    the modality; plus a linear projection of 384-wide feature rows (the text encoder's width) that
+    recomputes any rows on their own, as ``MultimodalModel`` gives its views (MAP's terms use it)."""
     generator = torch.Generator().manual_seed(seed)
     structure = torch.randn(n, dim, generator=generator).requires_grad_()
     projected = (torch.randn(n, dim, generator=generator) + 0.5).requires_grad_()
+    features = torch.randn(n, FEATURE_WIDTH, generator=generator)
+    weight = (torch.randn(FEATURE_WIDTH, dim, generator=generator) / FEATURE_WIDTH**0.5).requires_grad_()
     present = torch.ones(n, dtype=torch.bool)
-    return EntityViews(0, structure, structure, {"text": projected}, {"text": present}), [structure, projected]
+
+    def project_rows(_: str, rows: torch.Tensor) -> torch.Tensor:
+        return features[rows] @ weight  # (k, dim)
+
+    v = EntityViews(0, structure, structure, {"text": projected}, {"text": present}, project_rows=project_rows)
+    return v, [structure, projected, weight]
 
 
 def step_call(term: Callable, v: EntityViews, leaves: list[torch.Tensor], batch: int, n: int) -> Callable[[], None]:
@@ -135,7 +145,8 @@ def main() -> None:
     plan_every = full_cfg.align.plan_every
 
     # The OT work of a MAP step alone: the term on a table of just the step's 2 x batch rows. Its
-    # cost does not depend on N; what the full-table column adds is the gathers' dense gradients.
+    # cost does not depend on N; the full-table column matches it as long as the term touches only
+    # the rows it aligns (it projects them on their own: no dense N x d gradient).
     ot_step = measure_map(map_term, 2 * args.batch_size, dim, args.batch_size, args.repeats)
     rows, full_points = [], []
     for n in sorted(args.sizes):

@@ -186,3 +186,29 @@ def test_exact_plan_matches_pot() -> None:
     x, y = np.random.default_rng(0).normal(size=(7, 3)), np.random.default_rng(1).normal(size=(9, 3))
     expected = ot.emd2(np.full(7, 1 / 7), np.full(9, 1 / 9), ot.dist(x, y)) ** 0.5
     assert wasserstein_exact(torch.tensor(x), torch.tensor(y)) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("key", ["map", "map-mlp-gate"])
+def test_terms_on_rows_projected_alone_equal_the_terms_on_the_whole_block(key: str) -> None:
+    """MAP's terms project just the rows they use (``EntityViews.project_rows``: O(k) backward, not a
+    dense block gradient); value and every parameter's gradient equal indexing the whole projected view."""
+    terms = alignment_terms(MAP_TERMS)
+    rows = torch.arange(0, N, 2)
+    results = []
+    for rowwise in (True, False):
+        with torch.random.fork_rng():
+            torch.manual_seed(5)  # the same sub-distribution draws both times
+            model = make(key, ["text", "visual"]).double()
+            views = model.views()
+            assert views.project_rows is not None
+            if not rowwise:
+                views.project_rows = None
+            loss = sum(term(views, rows) for term in terms)
+            loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert grads_a.keys() == grads_b.keys()
+    assert any(n.startswith("projections") for n in grads_a)
+    for n in grads_a:
+        torch.testing.assert_close(grads_a[n], grads_b[n], rtol=1e-9, atol=1e-12, msg=n)

@@ -44,11 +44,11 @@ class MinibatchAlignment:
     def __call__(self, views: EntityViews, rows: Tensor) -> Tensor:
         chosen = self.rows(rows, len(views.structure))
         total = views.structure.new_zeros(())
-        for m, projected in views.projected.items():
+        for m in views.projected:
             r = chosen[views.present[m][chosen]]
             if len(r) < 2:
                 continue
-            p = projected[r]
+            p = views.projected_rows(m, r)
             if self.perturb:
                 p = p + self.perturb * p.detach().std() * torch.randn_like(p)
             s = views.structure[r].detach() if self.detach_structure else views.structure[r]
@@ -101,8 +101,8 @@ class InstancePreserving:
         total = views.structure.new_zeros(())
         for m, features in views.features.items():
             r = rows[views.present[m][rows]]
-            aligned = views.fused if self.view == "fused" else views.projected[m]
-            total = total + instance_preserving(features[r], aligned[r], self.temperature)
+            aligned = views.fused[r] if self.view == "fused" else views.projected_rows(m, r)
+            total = total + instance_preserving(features[r], aligned, self.temperature)
         return self.weight * total
 
 

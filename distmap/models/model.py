@@ -83,6 +83,16 @@ class EntityViews:
     projected: dict[str, Tensor] = field(default_factory=dict)  # modality -> (M, d)
     present: dict[str, Tensor] = field(default_factory=dict)  # modality -> (M,) bool
     features: dict[str, Tensor] = field(default_factory=dict)  # modality -> (M, D_m) raw rows
+    # (modality, local row indices (k,)) -> (k, d): the projection recomputed on just those rows, where
+    # the model's projection is row-wise. A loss term on k rows then back-propagates O(k) work into the
+    # projection weights instead of a dense (M, d) gradient through ``projected`` (benchmarks/align_cost.py).
+    project_rows: Callable[[str, Tensor], Tensor] | None = None
+
+    def projected_rows(self, modality: str, rows: Tensor) -> Tensor:
+        """Rows ``rows`` of ``projected[modality]`` (the same values), cheapest way the model allows."""
+        if self.project_rows is None:
+            return self.projected[modality][rows]
+        return self.project_rows(modality, rows)
 
 
 RowFetch = Callable[[Tensor], Tensor]

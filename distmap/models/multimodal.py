@@ -33,6 +33,8 @@ class FeatureRows:
 class MultimodalModel(KGEModel):
     """Structure + any subset of feature modalities, fused by ``fusion`` (see ``Fusion``)."""
 
+    rowwise_projection = True  # ``project`` maps each feature row on its own (``EntityViews.project_rows``)
+
     def __init__(
         self,
         interaction: Interaction,
@@ -83,7 +85,12 @@ class MultimodalModel(KGEModel):
             projected[name] = self.project(name, features[name], fetch)
         always = torch.ones(len(structure), dtype=torch.bool, device=structure.device)
         fused = self.fusion([structure, *projected.values()], [always, *present.values()])
-        return EntityViews(self.entities.lo, structure, fused, projected, present, features)
+
+        def project_rows(name: str, rows: Tensor) -> Tensor:
+            return self.project(name, features[name][rows], fetch)
+
+        rowwise = project_rows if self.rowwise_projection else None
+        return EntityViews(self.entities.lo, structure, fused, projected, present, features, rowwise)
 
 
 class OTKGEModel(MultimodalModel):
@@ -95,6 +102,8 @@ class OTKGEModel(MultimodalModel):
     the fixed anchors 0..n-1, recomputed every forward without gradient; only ``delta`` (D, d)
     is learned. The fusion is the code's fixed weighted sum ``(1-a-g) E + a X_img W_img + g X_ling W_ling``.
     """
+
+    rowwise_projection = False  # its projection is re-solved from the anchors on every call
 
     def __init__(
         self,
