@@ -21,6 +21,9 @@ from distmap.errors import ConfigError
 ModelName = Literal["transe", "distmult", "complex", "rotate", "transae", "ikrl", "tbkge", "mmkrl", "otkge", "map"]
 STRUCTURAL_MODELS = ("transe", "distmult", "complex", "rotate")
 MODALITY_MODELS = ("transae", "ikrl", "tbkge", "mmkrl", "otkge", "map")  # need at least one modality
+# Multimodal models whose rows the sampled objective builds from its touched rows alone (row-wise
+# projection and fusion, no model loss over the block): MAP and its ablations.
+SAMPLED_MODALITY_MODELS = ("map",)
 OptimizerName = Literal["adagrad", "rowwise_adagrad", "adam"]
 RegularizerName = Literal["n3", "l2", "none"]
 TieBreak = Literal["realistic", "optimistic", "pessimistic"]
@@ -293,9 +296,17 @@ class Config:
             f"model {name} needs at least one feature modality, e.g. [text]",
         )
         _require(
-            self.train.objective == "exact" or (name in STRUCTURAL_MODELS and not self.data.modalities),
+            self.train.objective == "exact"
+            or (name in STRUCTURAL_MODELS and not self.data.modalities)
+            or name in SAMPLED_MODALITY_MODELS,
             "train.objective",
-            "sampled supports structural models without data.modalities (transe, distmult, complex, rotate)",
+            "sampled supports the structural models (transe, distmult, complex, rotate) without data.modalities, "
+            f"and {', '.join(SAMPLED_MODALITY_MODELS)}",
+        )
+        _require(
+            self.train.objective == "exact" or self.align.scope == "minibatch" or self.align.lambda_align == 0,
+            "align.scope",
+            "full aligns every row of the block each step; objective sampled needs scope minibatch",
         )
         _require(
             self.train.objective == "exact" or self.train.candidates >= max(1, self.scale.workers),

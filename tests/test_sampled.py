@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -16,6 +18,7 @@ import torch.multiprocessing as mp
 
 from distmap.config import ModelConfig, config_from_dict
 from distmap.data.batches import QueryGroups
+from distmap.data.features import import_features
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
 from distmap.distributed.collectives import free_port
 from distmap.distributed.engine import ShardedEngine, move_into
@@ -23,6 +26,7 @@ from distmap.distributed.partition import row_ranges
 from distmap.distributed.shard_checkpoint import load_rows, newest_checkpoint
 from distmap.distributed.sharded import sampled_step, sync_replicated_grads
 from distmap.errors import ConfigError
+from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import CHECKPOINT_NAME
 from distmap.train.fit import fit, make_optimizer, run
@@ -54,16 +58,38 @@ def first_batch() -> tuple[QueryGroups, torch.Tensor]:
     return groups, torch.arange(0, groups.num_groups, 3)  # every third group: some queries with several tails
 
 
-def model_for(lo: int, hi: int, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+def text_rows() -> FeatureRows:
+    """Synthetic 6-wide text rows of all N entities, a few marked missing."""
+    present = torch.ones(N, dtype=torch.bool)
+    present[[2, 9, 30]] = False
+    values = torch.randn(N, 6, generator=torch.Generator().manual_seed(7)) * present[:, None]
+    return FeatureRows(values, present)
+
+
+def model_for(lo: int, hi: int, dtype: torch.dtype = torch.float32, multimodal: bool = False) -> torch.nn.Module:
+    """ComplEx, or MAP's fused ComplEx over synthetic text rows (learned fusion weights)."""
+    if not multimodal:
+        return build_model(
+            ModelConfig(name="complex", rank=4, init_scale=0.3), N, R, seed=3, entity_range=(lo, hi), table_dtype=dtype
+        )
+    rows = text_rows()
     return build_model(
-        ModelConfig(name="complex", rank=4, init_scale=0.3), N, R, seed=3, entity_range=(lo, hi), table_dtype=dtype
+        ModelConfig(name="map", rank=4, init_scale=0.3, fusion="learned"),
+        N,
+        R,
+        seed=3,
+        entity_range=(lo, hi),
+        modalities=["text"],
+        read_features=lambda m, a, b: FeatureRows(rows.values[a:b], rows.present[a:b]),
+        table_dtype=dtype,
     )
 
 
-def one_step(rank: int, size: int) -> dict[str, object]:
-    """Loss, entity-row gradients (this worker's rows, dense) and relation gradients of one sampled step."""
+def one_step(rank: int, size: int, multimodal: bool = False) -> dict[str, object]:
+    """Loss, entity-row gradients (this worker's rows, dense) and the replicated parameters' gradients
+    (relations; MAP's projection and fusion weights) of one sampled step."""
     lo, hi = row_ranges(N, size)[rank]
-    model = model_for(lo, hi)
+    model = model_for(lo, hi, multimodal=multimodal)
     table = Recording([model.entities.weight], 0.1, rowwise=False)
     groups, ids = first_batch()
     step = sampled_step(model, groups, Objective("n3", REG), table, CandidateSampler(5), S)
@@ -72,13 +98,18 @@ def one_step(rank: int, size: int) -> dict[str, object]:
     sync_replicated_grads(model)()
     rows, leaf = table.gathered
     grad = torch.zeros(hi - lo, leaf.shape[1]).index_add_(0, rows, leaf.grad)
-    return {"loss": logged.item(), "grad": grad, "relations": model.relations.grad.clone()}
+    return {"loss": logged.item(), "grad": grad, **replicated_grads(model)}
 
 
-def direct(size: int) -> dict[str, object]:
+def replicated_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if n != "entities.weight" and p.grad is not None}
+
+
+def direct(size: int, multimodal: bool = False) -> dict[str, object]:
     """The same step written out in one process: every worker's candidates scored at once, the
-    corrected softmax by ``log_softmax``, gradients by autograd on the whole table."""
-    model = model_for(0, N)
+    corrected softmax by ``log_softmax``, gradients by autograd on the whole table (through MAP's
+    projection and fusion of all rows)."""
+    model = model_for(0, N, multimodal=multimodal)
     groups, ids = first_batch()
     batch = groups.select(ids)
     ranges, draws = row_ranges(N, size), [b - a for a, b in row_ranges(S, size)]
@@ -94,23 +125,26 @@ def direct(size: int) -> dict[str, object]:
         is_true += [torch.ones(len(mine), dtype=torch.bool), torch.zeros(count, dtype=torch.bool)]
     union, correction, is_true = torch.cat(columns), torch.cat(correction), torch.cat(is_true)
     target = torch.stack([((union == t) & is_true).nonzero().squeeze() for t in batch.tails])
-    weight = model.entities.weight
+    fused = model.views().fused
     h, r = batch.queries.unbind(1)
-    q = model.interaction.query(weight[h], model.relations[r])
-    logits = model.interaction.score(q, weight[union]) + correction
+    q = model.interaction.query(fused[h], model.relations[r])
+    logits = model.interaction.score(q, fused[union]) + correction
     nll = -torch.log_softmax(logits, dim=1)[batch.pair_query, target]
     pq = batch.pair_query
-    factors = model.interaction.factors(weight[h][pq], model.relations[r][pq], weight[batch.tails])
+    factors = model.interaction.factors(fused[h][pq], model.relations[r][pq], fused[batch.tails])
     loss = nll.mean() + Objective("n3", REG).penalty(factors, len(nll))
     loss.backward()
-    return {"loss": loss.item(), "grad": weight.grad, "relations": model.relations.grad}
+    return {"loss": loss.item(), "grad": model.entities.weight.grad, **replicated_grads(model)}
 
 
 def _worker(rank: int, size: int, port: int, job: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
-        result = one_step(rank, size) if job == "step" else train(rank, size, rowwise=job == "rowwise")
+        if job in ("step", "map-step"):
+            result = one_step(rank, size, multimodal=job == "map-step")
+        else:
+            result = train(rank, size, rowwise=job == "rowwise")
         torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -121,13 +155,21 @@ def spawn(job: str, size: int, tmp_path: Path) -> list[dict[str, object]]:
     return [torch.load(tmp_path / f"rank{p}.pt", weights_only=False) for p in range(size)]
 
 
-@pytest.mark.parametrize("size", [1, 2, 3])
-def test_sampled_loss_and_gradients_equal_direct_softmax(size: int, tmp_path: Path) -> None:
-    reference = direct(size)
-    workers = [one_step(0, 1)] if size == 1 else spawn("step", size, tmp_path)
+@pytest.mark.parametrize(
+    ("size", "multimodal"), [(1, False), (2, False), (3, False), (1, True), (2, True)], ids=lambda v: str(v)
+)
+def test_sampled_loss_and_gradients_equal_direct_softmax(size: int, multimodal: bool, tmp_path: Path) -> None:
+    """Structural ComplEx, and MAP (text rows projected and fused from the touched rows only)."""
+    reference = direct(size, multimodal)
+    job = "map-step" if multimodal else "step"
+    workers = [one_step(0, 1, multimodal)] if size == 1 else spawn(job, size, tmp_path)
+    replicated = [k for k in reference if k not in ("loss", "grad")]
+    assert any(k.startswith("projections.") for k in replicated) == multimodal
     for w in workers:
         assert w["loss"] == pytest.approx(reference["loss"], rel=1e-5)
-        torch.testing.assert_close(w["relations"], reference["relations"], rtol=1e-4, atol=1e-6)
+        assert sorted(k for k in w if k not in ("loss", "grad")) == sorted(replicated)
+        for k in replicated:
+            torch.testing.assert_close(w[k], reference[k], rtol=1e-4, atol=1e-6, msg=k)
     grad = torch.cat([w["grad"] for w in workers])
     torch.testing.assert_close(grad, reference["grad"], rtol=1e-4, atol=1e-6)
 
@@ -287,12 +329,22 @@ def test_sampled_config_errors_name_the_key(train: dict[str, object], key: str, 
         sampled_config(tmp_path, tmp_path, 1, **train)
 
 
-def test_sampled_refuses_multimodal_models(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"train\.objective: sampled supports structural models"):
+@pytest.mark.parametrize(
+    ("model", "align", "key"),
+    [
+        ({"name": "transae"}, {}, r"train\.objective: sampled supports the structural models"),
+        ({"name": "map"}, {"lambda_align": 0.1, "scope": "full"}, r"align\.scope: full aligns every row"),
+    ],
+)
+def test_sampled_refuses_models_it_cannot_build_from_touched_rows(
+    model: dict[str, object], align: dict[str, object], key: str, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match=key):
         config_from_dict(
             {
                 "data": {"path": str(tmp_path), "modalities": ["text"]},
-                "model": {"name": "map"},
+                "model": model,
+                "align": align,
                 "train": {"objective": "sampled"},
             }
         )
@@ -362,3 +414,29 @@ def test_rowwise_adagrad_trains_and_resumes_the_exact_objective(ring_dataset: Pa
     fit(sampled_config(ring_dataset, tmp_path / "b", 4, **settings), log=lambda _: None)
     resumed = fit(sampled_config(ring_dataset, tmp_path / "b", 8, **settings), log=lambda _: None)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+
+
+def test_map_with_its_terms_trains_and_resumes_under_sampled(ring_dataset: Path, tmp_path: Path) -> None:
+    """MAP (alignment + instance preserving) on imported synthetic visual rows, sampled objective with a
+    bfloat16 table and row-wise Adagrad: it trains, and a run stopped half-way resumes to the same history."""
+    dataset = tmp_path / "data"
+    shutil.copytree(ring_dataset, dataset)
+    entities = KnowledgeGraph.load(dataset).num_entities
+    np.save(tmp_path / "visual.npy", np.random.default_rng(0).normal(size=(entities, 8)).astype(np.float32))
+    import_features(dataset, "visual", tmp_path / "visual.npy", log=lambda _: None)
+
+    def config(out: Path, epochs: int) -> object:
+        cfg = sampled_config(dataset, out, epochs, table_dtype="bfloat16", optimizer="rowwise_adagrad")
+        cfg.data.modalities = ["visual"]
+        cfg.model.name = "map"
+        cfg.align.lambda_align, cfg.align.lambda_preserve, cfg.align.extra = 0.1, 0.01, 4
+        cfg.check()
+        return cfg
+
+    straight = fit(config(tmp_path / "a", 8), log=lambda _: None)
+    assert straight.history[-1]["loss"] < straight.history[0]["loss"]
+    assert straight.test.metrics["both"]["mrr"] > 0.2, straight.test.table()
+    fit(config(tmp_path / "b", 4), log=lambda _: None)
+    resumed = fit(config(tmp_path / "b", 8), log=lambda _: None)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in straight.history]
+    assert resumed.test.metrics == straight.test.metrics

@@ -54,6 +54,7 @@ from distmap.train.fit import (
     training_step,
 )
 from distmap.train.loop import EpochStats, StepLoss, run_epoch
+from distmap.train.objective import seed_loss_terms
 from distmap.train.sampled import CandidateSampler
 
 Publish = Callable[[Path, dict[str, Any]], None]
@@ -98,6 +99,7 @@ class ShardedEngine:
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.sampler = CandidateSampler(cfg.train.seed)
+        seed_loss_terms(cfg.train.seed)
         self.train_row_groups: list[int] = []  # of train.parquet, read by this worker under scale.shard_triples
         self.groups: QueryGroups | ShardedGroups
         if cfg.scale.shard_triples:

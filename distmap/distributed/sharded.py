@@ -121,7 +121,10 @@ def sampled_step(
     updates exactly those rows: no table-sized gradient, no table-sized optimizer pass. The
     collectives are the exact step's: the rows of heads and tails (one all-reduce, routed back to
     the owners in backward) and the vocab-parallel reductions over the union of candidates.
-    Structural models only: the candidates are rows of the table itself.
+    A multimodal model's rows are built from the gathered ones (``row_views``: projections and
+    fusion of the touched rows only), and its loss terms see those rows: MAP's augmentation draws
+    its ``extra`` entities from the step's touched rows, i.e. mostly the uniform candidates, not
+    from the whole block (which would touch rows outside the step).
     """
     rank, size = world()
     device = model.relations.device
@@ -139,9 +142,10 @@ def sampled_step(
         owned = ((ends >= lo) & (ends < hi)).nonzero().squeeze(1)
         touched = torch.unique(torch.cat([ends[owned], cand.ids]))  # (M,) sorted global ids, all in [lo, hi)
         leaf = table.gather(weight, touched - lo)  # (M, d) float32
+        views = model.row_views(leaf, touched - lo)  # (M, d') fused rows of the touched entities
 
         def rows(global_ids: Tensor) -> Tensor:
-            return leaf[torch.searchsorted(touched, global_ids)]
+            return views.fused[torch.searchsorted(touched, global_ids)]
 
         h_emb, t_emb = shared_rows(rows(ends[owned]), owned, len(ends)).split([num_queries, num_pairs])
         r_emb = model.relations[r]
@@ -151,7 +155,9 @@ def sampled_step(
         share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
         pair_query = batch.pair_query[share]
         factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
-        local = objective.penalty(factors, num_pairs)
+        entities = batch.entities()
+        mine = torch.searchsorted(touched, entities[(entities >= lo) & (entities < hi)])  # rows of ``views``
+        local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine) / size
         logged = fit.detach() + all_reduce_(local.detach().clone())
         return fit + local, logged, fit.detach()
 

@@ -136,9 +136,19 @@ class KGEModel(nn.Module):
         anchor entities, uses it; the default reads the local table). A bfloat16 table is read as
         float32 (a copy: evaluation and the exact objective compute in float32).
         """
-        weight = self.entities.weight
-        weight = weight.float() if weight.dtype == torch.bfloat16 else weight
+        weight = self.structure()
         return EntityViews(self.entities.lo, weight, weight)
+
+    def structure(self) -> Tensor:
+        """The block's structural rows as the math reads them: a bfloat16 table as a float32 copy."""
+        weight = self.entities.weight
+        return weight.float() if weight.dtype == torch.bfloat16 else weight
+
+    def row_views(self, structure: Tensor, local: Tensor) -> EntityViews:
+        """Some rows in every view, built from their structural rows ``structure`` (k, d) (gathered by
+        the caller, e.g. the sampled objective's touched rows) and their local indices ``local`` (k,):
+        work in k, not in the block. A structural model scores its structural rows."""
+        return EntityViews(self.entities.lo, structure, structure)
 
     def auxiliary_loss(self, views: EntityViews, rows: Tensor) -> Tensor:
         """The model's own loss beside the objective (e.g. TransAE's reconstruction) over the local

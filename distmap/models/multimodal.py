@@ -48,8 +48,9 @@ class MultimodalModel(KGEModel):
         projection: ProjectionKind | None,
         fusion: FusionKind,
         fusion_weights: list[float],
+        table_dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(interaction, num_entities, num_relations, rank, init_scale, seed, entity_range)
+        super().__init__(interaction, num_entities, num_relations, rank, init_scale, seed, entity_range, table_dtype)
         self.seed = seed  # replicated weights are drawn from it, the same on every worker
         dim = self.entities.weight.shape[1]
         self.modalities = list(features)
@@ -78,10 +79,17 @@ class MultimodalModel(KGEModel):
         return self.projections[name](values)
 
     def views(self, fetch: RowFetch | None = None) -> EntityViews:
-        structure = self.entities.weight
+        return self._views(self.structure(), slice(None), fetch)
+
+    def row_views(self, structure: Tensor, local: Tensor) -> EntityViews:
+        return self._views(structure, local, None)
+
+    def _views(self, structure: Tensor, local: Tensor | slice, fetch: RowFetch | None) -> EntityViews:
+        """The views of the rows ``local`` of the block (all of them: ``slice(None)``, no copy)."""
         features, present, projected = {}, {}, {}
         for name in self.modalities:
-            features[name], present[name] = self.feature_rows(name)
+            values, mask = self.feature_rows(name)
+            features[name], present[name] = values[local], mask[local]
             projected[name] = self.project(name, features[name], fetch)
         always = torch.ones(len(structure), dtype=torch.bool, device=structure.device)
         fused = self.fusion([structure, *projected.values()], [always, *present.values()])

@@ -69,8 +69,8 @@ def build_model(
 
     ``entity_range`` = the rows [lo, hi) this worker holds (default: all); initial values do
     not depend on it, so any partition starts from the same parameters. ``modalities`` are read
-    for those rows only, through ``read_features``. ``table_dtype`` stores a structural model's
-    entity table (bfloat16: half the memory, for the sampled objective's row updates).
+    for those rows only, through ``read_features``. ``table_dtype`` stores the structural entity
+    table (bfloat16: half the memory, for the sampled objective's row updates; structural models and MAP).
     """
     modalities = list(modalities or [])
     interaction = interaction_for(cfg, len(modalities))
@@ -100,7 +100,7 @@ def build_model(
         )
     if cfg.name == "tbkge":
         return TBKGEModel(*base, entity_range, **common)
-    return MultimodalModel(*base, entity_range, **common)
+    return MultimodalModel(*base, entity_range, **common, table_dtype=table_dtype)
 
 
 def first_present(read: FeatureReader, modality: str, num_entities: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:

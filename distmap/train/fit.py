@@ -34,7 +34,7 @@ from distmap.track import Tracker
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
 from distmap.train.loop import EpochStats, StepLoss, local_step, run_epoch
-from distmap.train.objective import Objective, frequency_class_weights
+from distmap.train.objective import Objective, frequency_class_weights, seed_loss_terms
 from distmap.train.probe import METRIC as PROBE_METRIC
 from distmap.train.probe import pairwise_spread, probe_ids
 from distmap.train.sampled import CandidateSampler
@@ -265,6 +265,7 @@ class LocalEngine:
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.sampler = CandidateSampler(cfg.train.seed)
+        seed_loss_terms(cfg.train.seed)
         self.groups, self.objective, self.filter_index = training_parts(cfg, kg, device)
         self.num_examples = self.groups.num_triples
         self.best: dict[str, torch.Tensor] | None = None

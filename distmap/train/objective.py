@@ -199,3 +199,10 @@ class Objective:
         """
         fit = self.cross_entropy(scores, pair_query, tails)
         return fit + self.penalty(factors, len(tails)), fit
+
+
+def seed_loss_terms(seed: int) -> None:
+    """Loss terms (MAP's sub-distributions and perturbed views) draw from torch's global RNG: a run
+    starts it from its seed (a resumed run then restores it from the checkpoint), so two runs in one
+    process (tests, Tune trials) are the same run, and runs of different seeds draw differently."""
+    torch.manual_seed(seed)
