@@ -131,10 +131,10 @@ def wdistance_section(runs: list[RunRecord], out: Path) -> list[str]:
     if not measured:
         return []
     rank = {label: i for i, label in enumerate(FIG1_ORDER)}
-    measured.sort(key=lambda r: rank.get(r.label, len(rank)))
+    measured.sort(key=lambda r: (rank.get(r.label, len(rank)), -r.wdist_time))  # newest measurement first
     absolute: dict[str, dict[str, float]] = {}
     relative: dict[str, dict[str, float]] = {}
-    for run in measured:  # the newest run of each label
+    for run in measured:  # per label, the most recently measured run
         for prefix, into in (("wdist/", absolute), ("wdist_rel/", relative)):
             into.setdefault(
                 run.label, {k.removeprefix(prefix): v for k, v in run.metrics.items() if k.startswith(prefix)}
@@ -151,7 +151,7 @@ def wdistance_section(runs: list[RunRecord], out: Path) -> list[str]:
 
 
 def spread_section(runs: list[RunRecord], out: Path, names: dict[str, str]) -> list[str]:
-    probed = [r for r in runs if "probe/spread" in r.history]
+    probed = sorted((r for r in runs if "probe/spread" in r.history), key=lambda r: -r.start_time)  # newest first
     chosen = [r for r in probed if r.label in FIG2A_LABELS] or probed
     series: dict[str, list[tuple[float, float]]] = {}
     for run in chosen:

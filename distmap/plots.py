@@ -50,7 +50,8 @@ def training_curves(runs: dict[str, tuple[Series, Series]], path: Path, title: s
             right.plot(*zip(*mrr, strict=True), "o-", label=label)
     left.set(xlabel="epoch", ylabel="train loss (cross-entropy + terms, per example)", title="training loss")
     right.set(xlabel="epoch", ylabel="valid MRR (filtered, both directions)", title="validation")
-    right.legend(fontsize="small")
+    if right.get_legend_handles_labels()[0]:  # runs without validation draw nothing on the right
+        right.legend(fontsize="small")
     fig.suptitle(title)
     return _save(fig, path)
 

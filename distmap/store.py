@@ -29,6 +29,8 @@ class RunRecord:
     tags: dict[str, str]
     metrics: dict[str, float]
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
+    start_time: int = 0  # ms since the epoch: "the newest run" across experiments
+    wdist_time: int = 0  # when ``distmap wdist`` last measured it (ms), 0 if never: Fig. 1 takes the newest
 
     @property
     def study(self) -> str | None:
@@ -88,5 +90,15 @@ def read_store(tracking_uri: str) -> tuple[list[RunRecord], dict[str, list[tuple
                 run.data.metrics,
             )
             record.history = {k: _history(client, run.info.run_id, k) for k in HISTORIES if k in run.data.metrics}
+            record.start_time = run.info.start_time or 0
+            record.wdist_time = max(
+                (
+                    m.timestamp
+                    for k in run.data.metrics
+                    if k.startswith("wdist/")
+                    for m in client.get_metric_history(run.info.run_id, k)
+                ),
+                default=0,
+            )
             runs.append(record)
     return runs, cost

@@ -91,3 +91,27 @@ def test_ui_binds_to_loopback_over_the_store(tmp_path: Path) -> None:
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{tmp_path}/mlflow.db"
     assert command[command.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
     assert main(["ui", "--store", str(tmp_path / "missing.db")]) == 2
+
+
+def test_figures_take_the_newest_measurement_across_experiments(tmp_path: Path) -> None:
+    """Fig. 1 shows each label's most recent ``distmap wdist`` measurement, Fig. 2a each label's newest
+    probed run, whatever experiments they sit in (a store holds old diagnostics beside new results)."""
+    from distmap.track import mlflow_client
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    probe = {"model.label": "MAP", "track.probe_entities": "['n1', 'n2']"}
+    log_run(store, "zz-results", "early", {"model.label": "MAP"}, {1: {"loss": 1.0}}, {"test/both/mrr": 0.9}, {})
+    old_spread = {e: {"loss": 1.0, "probe/spread": 10.0 + e} for e in (1, 2)}
+    log_run(store, "aa-old", "old", probe, old_spread, {"test/both/mrr": 0.8, "wdist/text": 2.0}, {})
+    new_spread = {e: {"loss": 1.0, "probe/spread": 20.0 + e} for e in (1, 2)}
+    log_run(store, "zz-results", "probe", probe, new_spread, {"test/both/mrr": 0.9}, {})
+    client = mlflow_client(store)
+    (early,) = client.search_runs(
+        [client.get_experiment_by_name("zz-results").experiment_id], filter_string="attributes.run_name = 'early'"
+    )
+    client.log_metric(early.info.run_id, "wdist/text", 7.0)  # measured after the old run's 2.0
+    out = tmp_path / "figures"
+    assert main(["report", "--store", store, "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| MAP | text | 7.0000 |" in report
+    assert "| 2 | 22.0000 |" in report
