@@ -10,7 +10,7 @@ import pytest
 
 from distmap.cli import main
 from distmap.config import TrackConfig
-from distmap.track import Tracker
+from distmap.track import Tracker, mlflow_client
 from distmap.ui import server_command
 
 FIGURES = (
@@ -96,8 +96,6 @@ def test_ui_binds_to_loopback_over_the_store(tmp_path: Path) -> None:
 def test_figures_take_the_newest_measurement_across_experiments(tmp_path: Path) -> None:
     """Fig. 1 shows each label's most recent ``distmap wdist`` measurement, Fig. 2a each label's newest
     probed run, whatever experiments they sit in (a store holds old diagnostics beside new results)."""
-    from distmap.track import mlflow_client
-
     store = f"sqlite:///{tmp_path}/mlflow.db"
     probe = {"model.label": "MAP", "track.probe_entities": "['n1', 'n2']"}
     log_run(store, "zz-results", "early", {"model.label": "MAP"}, {1: {"loss": 1.0}}, {"test/both/mrr": 0.9}, {})

@@ -85,7 +85,12 @@ class MultimodalModel(KGEModel):
         return self._views(structure, local, None)
 
     def _views(self, structure: Tensor, local: Tensor | slice, fetch: RowFetch | None) -> EntityViews:
-        """The views of the rows ``local`` of the block (all of them: ``slice(None)``, no copy)."""
+        """The views of the rows ``local`` of the block (all of them: ``slice(None)``, no copy).
+
+        Only the whole block's views re-project the rows a loss term uses (``project_rows``): a term
+        indexing the block's projected view would back-propagate a dense block-sized gradient. Views
+        of selected rows are already that small, so terms index them and nothing is projected twice.
+        """
         features, present, projected = {}, {}, {}
         for name in self.modalities:
             values, mask = self.feature_rows(name)
@@ -97,7 +102,7 @@ class MultimodalModel(KGEModel):
         def project_rows(name: str, rows: Tensor) -> Tensor:
             return self.project(name, features[name][rows], fetch)
 
-        rowwise = project_rows if self.rowwise_projection else None
+        rowwise = project_rows if self.rowwise_projection and isinstance(local, slice) else None
         return EntityViews(self.entities.lo, structure, fused, projected, present, features, rowwise)
 
 
