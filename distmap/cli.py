@@ -26,7 +26,14 @@ def _prepare(args: argparse.Namespace) -> None:
     from distmap.data.prepare import prepare_dataset
 
     prepare_dataset(
-        args.raw_dir, args.out_dir, overwrite=args.overwrite, clean=args.clean, skip_header=args.skip_header
+        args.raw_dir,
+        args.out_dir,
+        overwrite=args.overwrite,
+        clean=args.clean,
+        skip_header=args.skip_header,
+        cold_entities=args.cold_entities,
+        seed=args.seed,
+        cold_eligible=args.cold_eligible,
     )
 
 
@@ -58,44 +65,105 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from distmap.train.breakdown import DEFAULT_EDGES, breakdown_of, parse_edges, write_ranks
     from distmap.train.fit import build_filter, evaluate_split
 
+    # argument checks first: a bad flag fails before the model is loaded
+    edges = parse_edges(args.degree_edges, "--degree-edges") if args.degree_edges is not None else DEFAULT_EDGES
+    if not args.breakdown and (args.degree_edges is not None or args.json or args.relations is not None):
+        raise DistmapError("--degree-edges, --relations and --json go with --breakdown")
+    if args.relations is not None and args.relations < 0:
+        raise DistmapError(f"--relations: expected a count >= 0, got {args.relations}")
+    if args.ranks is not None and Path(args.ranks).suffix != ".parquet":
+        raise DistmapError(f"--ranks: expected a .parquet file name, got {args.ranks}")
     run_dir = Path(args.run_dir)
     cfg, kg, model, best_epoch = _load_run(run_dir, args.set, args.tie)
     result = evaluate_split(model, kg, args.split, build_filter(kg, model.relations.device), cfg, progress=True)
     print(f"{run_dir.name}, {args.split} split, model from epoch {best_epoch}:\n{result.table()}")
+    if args.breakdown:
+        buckets = breakdown_of(kg, result, args.split, edges)
+        print(buckets.table(relations=20 if args.relations is None else args.relations))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(buckets.to_json() + "\n", encoding="utf-8")
+            print(f"breakdown (every relation) -> {args.json}")
+    if args.ranks:
+        rows = write_ranks(Path(args.ranks), kg, result, args.split)
+        print(f"{rows:,} queries (tail and head), one row each -> {args.ranks}")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from distmap.predict import Predictor, predict_file
+    from distmap.predict import Predictor, predict_file, shorten
 
     batch = args.queries is not None
+    _check_new_entity_args(args)
     if batch and (args.out is None or args.head or args.tail or args.relation or args.candidate):
         raise DistmapError("--queries takes --out FILE.parquet|.tsv and no --head, --tail, --relation or --candidate")
     if not batch and (args.relation is None or (args.head is None) == (args.tail is None) or args.out):
         raise DistmapError("give --relation and exactly one of --head and --tail (or --queries FILE --out FILE)")
+    if args.new_entity is not None and not batch and args.new_entity not in (args.head, args.tail):
+        raise DistmapError(
+            f"--new-entity: '{args.new_entity}' is not asked about: give --head {args.new_entity} or "
+            f"--tail {args.new_entity}"
+        )
     run_dir = Path(args.run_dir)
     cfg, kg, model, best_epoch = _load_run(run_dir, args.set, args.tie)
-    predictor = Predictor(model, kg, cfg.train.tie)
+    new = None
+    if args.new_entity is not None or args.new_entities is not None:
+        from distmap.new_entities import fused_rows, new_entity, read_new_entities
+
+        visual = Path(args.new_visual) if args.new_visual is not None else None
+        known = set(kg.entities)
+        if args.new_entity is not None:
+            new = new_entity(args.new_entity, args.text, visual, known)
+        else:
+            new = read_new_entities(Path(args.new_entities), visual, known)
+    if new is None:
+        predictor = Predictor(model, kg, cfg.train.tie)
+    else:
+        rows = fused_rows(model, new, kg.root, cfg.data.modalities)
+        predictor = Predictor(model, kg, cfg.train.tie, new_names=new.names, new_rows=rows)
     if batch:
         count = predict_file(predictor, Path(args.queries), Path(args.out), args.k, args.batch_size)
-        print(f"{count:,} queries, top {args.k} each -> {args.out} (model from epoch {best_epoch})")
+        added = f", {len(new.names):,} new entities" if new is not None else ""
+        print(f"{count:,} queries, top {args.k} each -> {args.out} (model from epoch {best_epoch}{added})")
         return
     query = predictor.query(head=args.head, relation=args.relation, tail=args.tail)
-    candidate = predictor.entity(args.candidate) if args.candidate else None
+    candidate = predictor.answer(args.candidate) if args.candidate else None
     found = predictor.top_k([query], args.k)
+    labels = (
+        f"labels: {predictor.labels.describe()}"
+        if predictor.labels is not None
+        else "ids only: the dataset keeps no entity labels (`distmap features text` keeps them)"
+    )
     print(
         f"{predictor.describe(query)}: top {found.ids.shape[1]} of {kg.num_entities:,} entities, {run_dir.name} "
-        f"from epoch {best_epoch}; known: a true triple of that split (names only: the dataset stores no entity text)"
+        f"from epoch {best_epoch}; known: a true triple of that split; {labels}"
     )
+    asked = predictor.name(query.entity)
+    if query.entity >= kg.num_entities:
+        print(f"{asked}: a new entity, not in the dataset: ranked from its features alone (no structural row)")
+    elif predictor.label(query.entity):
+        print(f"{asked}: {shorten(predictor.label(query.entity), 100)}")
     print(predictor.table(found))
     if candidate is not None:
         score, rank = predictor.candidate(query, candidate)
         known = predictor.split_of(query, candidate) or "-"
+        label = predictor.label(candidate)
         print(
-            f"candidate {args.candidate}: score {score:.4f}, filtered rank {rank:g} (ties: {cfg.train.tie}), "
-            f"known: {known}"
+            f"candidate {args.candidate}{f' ({shorten(label)})' if label else ''}: score {score:.4f}, "
+            f"filtered rank {rank:g} (ties: {cfg.train.tie}), known: {known}"
         )
+
+
+def _check_new_entity_args(args: argparse.Namespace) -> None:
+    """The flags of new entities go together: fail before a model is loaded."""
+    if args.new_entity is not None and args.new_entities is not None:
+        raise DistmapError("give --new-entity NAME or --new-entities FILE.tsv, not both")
+    if args.text is not None and args.new_entity is None:
+        raise DistmapError("--text goes with --new-entity NAME (a --new-entities file has a text column)")
+    if args.new_visual is not None and args.new_entity is None and args.new_entities is None:
+        raise DistmapError("--new-visual goes with --new-entity NAME or --new-entities FILE.tsv")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -103,10 +171,18 @@ def _export(args: argparse.Namespace) -> None:
     from distmap.export import export_run
 
     run_dir = Path(args.run_dir)
-    done = export_run(run_dir, load_config(run_dir / "config.yaml", args.set), Path(args.out))
+    new_entities = Path(args.new_entities) if args.new_entities is not None else None
+    new_visual = Path(args.new_visual) if args.new_visual is not None else None
+    if new_visual is not None and new_entities is None:
+        raise DistmapError("--new-visual goes with --new-entities FILE.tsv (one row per entity of it)")
+    cfg = load_config(run_dir / "config.yaml", args.set)
+    done = export_run(run_dir, cfg, Path(args.out), new_entities=new_entities, new_visual=new_visual)
+    new, first = done.new_rows, done.entity_rows - done.new_rows
+    ids = f"id {first:,}" if new == 1 else f"ids {first:,} to {done.entity_rows - 1:,}"
+    appended = f" (of which {new:,} new: {ids}, column new = true)" if new else ""
     print(
-        f"{done.entity_rows:,} entity rows (vector width {done.dim}, Parquet row groups: {done.row_groups}) "
-        f"-> {done.entities}\n"
+        f"{done.entity_rows:,} entity rows{appended} (vector width {done.dim}, Parquet row groups: "
+        f"{done.row_groups}) -> {done.entities}\n"
         f"{done.relation_rows:,} relation rows (reciprocals included) -> {done.relations}\n"
         f"model from epoch {done.epoch}"
     )
@@ -142,6 +218,14 @@ def _report(args: argparse.Namespace) -> None:
         if not runs:
             raise DistmapError(f"no metrics.json under {', '.join(args.runs)}: train some runs first")
         print(results_table(runs))
+        if args.breakdown:
+            from distmap.report import breakdown_table
+
+            for group in ("answer_deg", "query_deg"):
+                print(f"\nMRR (share of queries) by the {group.replace('_deg', '')} entity's train degree:")
+                print(breakdown_table(runs, group))
+    elif args.breakdown:
+        raise DistmapError("--breakdown reads run folders: give them (distmap report RUNS --breakdown)")
     if args.store:
         from distmap.figures import read_names, write_report
 
@@ -185,6 +269,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="drop duplicate lines and valid triples also in train or test; removed.tsv lists each with its reason",
     )
     p.add_argument("--skip-header", action="store_true", help="skip exactly the first line of each split file")
+    # checked by prepare_dataset (one-line errors naming the flag), hence plain strings here
+    p.add_argument(
+        "--cold-entities",
+        metavar="FRACTION",
+        help="cold-start split: pick this share (0 < FRACTION < 1) of the eligible entities and move every train "
+        "triple touching them to valid/test, half each (cold_entities.tsv, moved.tsv)",
+    )
+    p.add_argument("--seed", metavar="S", help="seed of the --cold-entities pick and split (default 0)")
+    p.add_argument(
+        "--cold-eligible",
+        metavar="FILE",
+        help="TSV with a header, first column = entity: the entities with features that --cold-entities may pick "
+        "(rows with all other columns empty are not eligible; default: every entity)",
+    )
     p.set_defaults(func=_prepare)
 
     feats = sub.add_parser("features", help="add a feature modality to a dataset directory")
@@ -223,6 +321,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["realistic", "optimistic", "pessimistic"],
         help="how a tied score ranks: mean of best and worst (realistic), best, or worst (as kbc, OTKGE)",
     )
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also MRR / H@1 / H@10 per train-degree bucket of the answer and of the query entity, "
+        "per relation category (1-1, 1-N, N-1, N-N) and per relation",
+    )
+    p.add_argument(
+        "--degree-edges",
+        metavar="E0,E1,...",
+        help="with --breakdown: increasing degree edges; 0,3,10 (the default) gives buckets 0, 1-3, 4-10, >10",
+    )
+    p.add_argument(
+        "--relations", type=int, metavar="K", help="with --breakdown: relation rows to print, most queries first (20)"
+    )
+    p.add_argument("--json", metavar="FILE", help="with --breakdown: write it (every relation) to FILE as JSON")
+    p.add_argument(
+        "--ranks",
+        metavar="FILE.parquet",
+        help="write one row per query: head, relation, tail, direction, the three tie ranks, both train degrees",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_evaluate)
 
@@ -239,6 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=256, help="queries scored at a time with --queries (default: 256)")
     p.add_argument("--tie", choices=["realistic", "optimistic", "pessimistic"], help="tie rule of --candidate's rank")
+    p.add_argument(
+        "--new-entity",
+        metavar="NAME",
+        help="an entity not in the dataset, ranked from its --text (or --new-visual row); ask with --head/--tail NAME",
+    )
+    p.add_argument("--text", metavar="TEXT", help="with --new-entity: its text, embedded with the dataset's encoder")
+    p.add_argument(
+        "--new-entities",
+        metavar="FILE.tsv",
+        help="new entities (header; columns name, text) that --queries (or --head/--tail) may name",
+    )
+    p.add_argument(
+        "--new-visual",
+        metavar="FILE.npy",
+        help="visual rows of the new entities, one per entity in order (width: the dataset's visual features)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_predict)
 
@@ -247,12 +381,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", required=True, metavar="FILE.parquet", help="entity rows; relations go to FILE.relations.parquet"
     )
+    p.add_argument(
+        "--new-entities",
+        metavar="FILE.tsv",
+        help="append the fused rows of entities not in the dataset (header; columns name, text); column new = true",
+    )
+    p.add_argument("--new-visual", metavar="FILE.npy", help="with --new-entities: their visual rows, one per entity")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("report", help="results table of runs (paper beside) and/or the figures from an MLflow store")
     p.add_argument("runs", nargs="*", help="run folders or folders of runs (each with metrics.json)")
     p.add_argument("--store", metavar="URI", help="MLflow store to draw figures from, e.g. sqlite:///mlflow.db")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="with run folders: also each run's test MRR per train-degree bucket of the answer and query entity",
+    )
     p.add_argument("--out", default="docs/figures", help="folder for the PNGs and report.md (default: docs/figures)")
     p.add_argument(
         "--names", metavar="TSV", help="entity display names (header; entity, names), e.g. WN9-IMG's glosses file"

@@ -65,6 +65,37 @@ class OTKGEConfig:
 
 
 @dataclass
+class ColdConfig:
+    """How a multimodal model represents entities that structure places badly or not at all.
+
+    In 1-vs-all training an entity with no train triple is a negative in every softmax and never a
+    positive, so its free structural row learns "never the answer" and the fused row carries it.
+    ``unseen: projection`` drops the structural view of such an entity (its fused row is its projected
+    features alone, at training and at ranking); ``table`` keeps its free row (a structural model's way).
+    ``dropout``: in every training step each entity with features loses its structural view with this
+    probability (drawn per step and entity, the same on every worker), so the projections learn to rank
+    on their own. ``loss: twin`` scores the step a second time with those rows dropped and adds that
+    objective times ``weight`` to the full one (the full one keeps every structural row, so the warm
+    entities keep what structure gives them); ``replace`` trains on the dropped rows only.
+    ``negatives: false`` leaves the entities ranked from their features alone out of the training
+    softmax: nothing is known of them, so they are not taught to be "never the answer" either.
+    The defaults won on wn9-img-cold (RESULTS.md, docs/method.md): with them the cold buckets rise
+    from ~0 without costing the warm entities; ``negatives: false`` lifted cold answers further but cost
+    the warm ones 0.17 MRR. IKRL and TBKGE score the structural view on its own and keep it everywhere.
+    """
+
+    unseen: Literal["projection", "table"] = "projection"
+    dropout: float = 0.3
+    loss: Literal["twin", "replace"] = "twin"
+    weight: float = 1.0
+    negatives: bool = True
+
+    def check(self) -> None:
+        _require(0 <= self.dropout < 1, "model.cold.dropout", "must be in [0, 1)")
+        _require(self.weight >= 0, "model.cold.weight", "must be >= 0")
+
+
+@dataclass
 class ModelConfig:
     """Scoring function, representations, and how modalities enter (``docs/method.md``).
 
@@ -86,6 +117,7 @@ class ModelConfig:
     aux_weight: float = 1.0
     adversarial_eps: float = 0.0
     otkge: OTKGEConfig = field(default_factory=OTKGEConfig)
+    cold: ColdConfig = field(default_factory=ColdConfig)
 
     def check(self) -> None:
         _require(self.rank > 0, "model.rank", "must be > 0")
@@ -317,6 +349,11 @@ class Config:
             not self.scale.shard_triples or self.train.class_weights == "none",
             "scale.shard_triples",
             "class_weights: frequency counts targets over all training triples; use class_weights: none",
+        )
+        _require(
+            self.model.cold.negatives or self.train.label_smoothing == 0,
+            "model.cold.negatives",
+            "false leaves entities out of the softmax, which label smoothing spreads over all: use one or the other",
         )
         aligning = self.align.lambda_align > 0 or self.align.lambda_preserve > 0
         _require(

@@ -6,8 +6,13 @@ running top-k, so a batch of B queries never holds more than B x (chunk + k) sco
 and a candidate's filtered rank use the evaluator's filter index and counting (``count_chunk``,
 ``RankCounts.ranks``) under the run's tie rule, so they agree with ``distmap evaluate``.
 
-Entities are shown by name only: a dataset directory keeps entity names and feature vectors, not
-the text the vectors were made from, so there are no text labels to show.
+Entities are shown by id with a readable label beside it where the dataset keeps one (the first
+text column of the text ``distmap features text`` embedded, e.g. WN9-IMG's lemmas), by id alone
+where it keeps none.
+
+New entities (``distmap.new_entities``: never in the dataset, given by their features) are asked
+about through the rows the model fuses for them, ids N, N + 1, ... after the dataset's N entities;
+they have no known triples and are never candidates.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from distmap.data.features import EntityLabels, read_labels
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
 from distmap.data.manifest import parquet_writer
 from distmap.data.prepare import SPLITS
@@ -37,6 +43,7 @@ QUERY_COLUMNS = ("head", "relation", "tail")
 CHUNK_ROWS = 16384  # entities scored at a time: a batch of 256 queries holds 256 x 16384 scores
 BATCH_QUERIES = 256
 CLOSE_NAMES = 3
+LABEL_WIDTH = 40  # a longer label is cut to this many characters, the last one an ellipsis
 ROW_SCHEMA = pa.schema(
     [
         ("query", pa.int64()),  # the query's row in the queries file, from 0 (blank lines not counted)
@@ -66,16 +73,36 @@ class TopK:
 
 
 class Predictor:
-    """A run's best model with what answering needs: name lookups, the filter per split, the tie rule."""
+    """A run's best model with what answering needs: name lookups, the filter per split, the tie rule.
 
-    def __init__(self, model: KGEModel, kg: KnowledgeGraph, tie: TieBreak, chunk_size: int = CHUNK_ROWS) -> None:
+    ``new_names`` and ``new_rows`` (k, d'), the fused rows of new entities (``new_entities.fused_rows``),
+    add k query entities, ids N to N + k - 1, that are never candidates.
+    """
+
+    def __init__(
+        self,
+        model: KGEModel,
+        kg: KnowledgeGraph,
+        tie: TieBreak,
+        chunk_size: int = CHUNK_ROWS,
+        new_names: Sequence[str] = (),
+        new_rows: Tensor | None = None,
+    ) -> None:
         if chunk_size < 1:
             raise DistmapError(f"chunk size must be positive, got {chunk_size}")
+        if len(new_names) != (0 if new_rows is None else len(new_rows)):
+            raise ValueError(f"{len(new_names)} new entity names for {0 if new_rows is None else len(new_rows)} rows")
         self.model, self.kg, self.tie, self.chunk_size = model.eval(), kg, tie, chunk_size
+        self.new_names = tuple(new_names)
         with torch.no_grad():  # a multimodal model's fused rows, computed once rather than per scored chunk
-            self.score = model.scorer()
+            self.score = model.scorer() if new_rows is None else self._scorer_with(new_rows)
         self.entity_ids = {name: i for i, name in enumerate(kg.entities)}
+        for i, name in enumerate(self.new_names):
+            if name in self.entity_ids:
+                raise DistmapError(f"new entity '{name}' is already an entity of the dataset (or given twice)")
+            self.entity_ids[name] = kg.num_entities + i
         self.relation_ids = {name: i for i, name in enumerate(kg.relations)}
+        self.labels: EntityLabels | None = read_labels(kg.root)
         device = model.relations.device
         self.filter_index = build_filter(kg, device)  # the evaluator's: train + valid + test, both directions
         self.by_split = {
@@ -83,8 +110,48 @@ class Predictor:
             for split in SPLITS
         }
 
+    def _scorer_with(self, new_rows: Tensor) -> Callable[[Tensor, Tensor, int, int], Tensor]:
+        """``model.scorer()``'s score, its query rows extended by the new entities' (ids N, N + 1, ...).
+
+        The same operations as the model's scorer on the same fused rows, so a dataset entity scores
+        as it does there; ids N and above take their rows from ``new_rows`` (the filter index knows
+        no key that large, so they have no known answers).
+        """
+        model, n = self.model, self.kg.num_entities
+        rows = model.views().fused  # the whole table: a predictor's model holds all N rows
+        if new_rows.shape[1] != rows.shape[1]:
+            raise DistmapError(f"new entity rows are {new_rows.shape[1]} wide, the model's fused rows {rows.shape[1]}")
+        new_rows = new_rows.to(rows.device, rows.dtype)
+
+        def score(h: Tensor, r: Tensor, a: int, b: int) -> Tensor:
+            seen = h < n
+            query = rows.new_empty(len(h), rows.shape[1])
+            query[seen] = rows[h[seen]]
+            query[~seen] = new_rows[h[~seen] - n]
+            return model.interaction.score(model.interaction.query(query, model.relations[r]), rows[a:b])
+
+        return score
+
     def entity(self, name: str) -> int:
+        """The id of an entity to ask about: a dataset entity or a new one."""
         return _lookup(self.entity_ids, name, "entity")
+
+    def answer(self, name: str) -> int:
+        """The id of a dataset entity to rank as an answer (``--candidate``): new entities are not candidates."""
+        found = self.entity(name)
+        if found >= self.kg.num_entities:
+            raise DistmapError(f"'{name}' is a new entity: new entities are asked about, never ranked as answers")
+        return found
+
+    def name(self, entity: int) -> str:
+        n = self.kg.num_entities
+        return self.kg.entities[entity] if entity < n else self.new_names[entity - n]
+
+    def label(self, entity: int) -> str | None:
+        """The dataset's label of an entity, None where it has none (or is new)."""
+        if self.labels is None or entity >= self.kg.num_entities:
+            return None
+        return self.labels.labels[entity]
 
     def query(self, *, head: str | None, relation: str, tail: str | None) -> Query:
         """(head, relation, ?) when ``tail`` is None, (?, relation, tail) when ``head`` is None."""
@@ -97,7 +164,7 @@ class Predictor:
 
     def describe(self, query: Query) -> str:
         """The query in names, as a user wrote it: ``(h, r, ?)`` or ``(?, r, t)``."""
-        entity, num_relations = self.kg.entities[query.entity], self.kg.num_relations
+        entity, num_relations = self.name(query.entity), self.kg.num_relations
         if query.relation < num_relations:
             return f"({entity}, {self.kg.relations[query.relation]}, ?)"
         return f"(?, {self.kg.relations[query.relation - num_relations]}, {entity})"
@@ -174,11 +241,19 @@ class Predictor:
         )
 
     def table(self, found: TopK, row: int = 0) -> str:
-        """The top-k of query ``row`` as a text table: rank, entity, score, known split."""
-        lines = [f"{'rank':>4}  {'entity':<24} {'score':>10}  known"]
-        columns = (found.ids[row].tolist(), found.scores[row].tolist(), found.known[row].tolist())
-        for rank, (i, score, mark) in enumerate(zip(*columns, strict=True), start=1):
-            lines.append(f"{rank:>4}  {self.kg.entities[i]:<24} {score:>10.4f}  {SPLITS[mark] if mark >= 0 else '-'}")
+        """The top-k of query ``row`` as a text table: rank, entity (and its label, where the dataset
+        keeps labels), score, known split."""
+        ids = found.ids[row].tolist()
+        names = [self.kg.entities[i] for i in ids]
+        width = max(24, *(len(name) for name in names)) if names else 24
+        labels = [shorten(self.label(i) or "-") for i in ids] if self.labels is not None else None
+        label_width = max(5, *(len(label) for label in labels)) if labels else 0
+        entity = f"{'entity':<{width}}" + (f"  {'label':<{label_width}}" if labels else "")
+        lines = [f"{'rank':>4}  {entity} {'score':>10}  known"]
+        columns = (names, found.scores[row].tolist(), found.known[row].tolist())
+        for rank, (name, score, mark) in enumerate(zip(*columns, strict=True), start=1):
+            entity = f"{name:<{width}}" + (f"  {labels[rank - 1]:<{label_width}}" if labels else "")
+            lines.append(f"{rank:>4}  {entity} {score:>10.4f}  {SPLITS[mark] if mark >= 0 else '-'}")
         return "\n".join(lines)
 
     def _tensors(self, queries: Sequence[Query]) -> tuple[Tensor, Tensor]:
@@ -250,6 +325,11 @@ def row_writer(path: Path) -> Iterator[Callable[[pa.Table], None]]:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+def shorten(label: str, width: int = LABEL_WIDTH) -> str:
+    """A label cut to ``width`` characters, the last one an ellipsis where it was longer."""
+    return label if len(label) <= width else label[: width - 1] + "\u2026"
 
 
 def _lookup(ids: dict[str, int], name: str, kind: str) -> int:

@@ -94,3 +94,30 @@ def results_table(runs: list[dict[str, Any]]) -> str:
             + f" | {pess} | {paper_cell} | {gap} | {epochs} | {seconds:.0f} |"
         )
     return "\n".join(lines)
+
+
+def breakdown_table(runs: list[dict[str, Any]], group: str = "answer_deg") -> str:
+    """Markdown: one row per run with a breakdown in its metrics.json (``distmap train`` writes it),
+    the MRR of each bucket of ``group`` ("answer_deg" or "query_deg") and its share of the queries.
+    Runs trained before the breakdown existed are listed as such."""
+    with_buckets = {id(r) for r in runs if r.get("breakdown", {}).get("groups", {}).get(group)}
+    labels: list[str] = []
+    for run in runs:
+        if id(run) in with_buckets:
+            labels += [b["bucket"] for b in run["breakdown"]["groups"][group] if b["bucket"] not in labels]
+    header = "| run | dataset | model | seed | MRR | " + " | ".join(f"deg {label}" for label in labels) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for run in sorted(runs, key=lambda r: (r["dataset"], r.get("label") or r["model"], r.get("seed", 0))):
+        name = run.get("run", "?")
+        model = run.get("label") or run["model"]
+        first = f"| {name} | {run['dataset']} | {model} | {run.get('seed', '—')} | {run['test']['both']['mrr']:.3f} |"
+        if id(run) not in with_buckets:
+            lines.append(first + " no breakdown (trained before it existed: `distmap evaluate RUN --breakdown`) |")
+            continue
+        buckets = {b["bucket"]: b for b in run["breakdown"]["groups"][group]}
+        cells = []
+        for label in labels:
+            b = buckets.get(label)
+            cells.append("—" if b is None or not b["queries"] else f"{b['mrr']:.3f} ({b['share']:.1%})")
+        lines.append(first + " " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ from distmap.errors import DataError
 from distmap.models.model import KGEModel
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from distmap.train.fit import feature_reader
+from distmap.train.fit import feature_reader, train_seen
 
 ENTITY_KEY = "entities.weight"  # the entity table in a model's state dict
 
@@ -104,6 +104,7 @@ def scored_rows(best: BestCheckpoint, cfg: Config, lo: int, hi: int) -> Tensor:
     if not cfg.data.modalities:
         return rows
     root = Path(cfg.data.path)
+    needs_seen = cfg.model.cold.unseen == "projection"  # the train triples say which rows are placed
     model = build_model(
         cfg.model,
         best.num_entities,
@@ -111,6 +112,7 @@ def scored_rows(best: BestCheckpoint, cfg: Config, lo: int, hi: int) -> Tensor:
         entity_range=(lo, hi),
         modalities=cfg.data.modalities,
         read_features=feature_reader(root, cfg.data.modalities),
+        seen=train_seen(cfg, KnowledgeGraph.load(root).train, best.num_entities) if needs_seen else None,
     )
     with torch.no_grad():  # structural rows outside the range (OTKGE's anchors) come from the checkpoint
         fused = _load(model, best, rows).views(
@@ -128,5 +130,23 @@ def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torc
         kg.num_relations,
         modalities=cfg.data.modalities,
         read_features=feature_reader(kg.root, cfg.data.modalities),
+        seen=train_seen(cfg, kg.train, kg.num_entities),
     )
     return _load(model, best, entity_rows(best, 0, kg.num_entities)).to(device), best.epoch
+
+
+def replicated_model(best: BestCheckpoint, cfg: Config) -> KGEModel:
+    """A model holding the run's replicated best weights (relations, projections, fusion) over its
+    first structural row only (OTKGE: all of them): enough for what reads no entity table, such as
+    ``unseen_rows`` (the fused rows of new entities, ``distmap export --new-entities``)."""
+    # OTKGE's projection is re-solved from its anchor entities' structural rows: it needs the table.
+    rows = (0, best.num_entities if cfg.model.name == "otkge" else min(1, best.num_entities))
+    model = build_model(
+        cfg.model,
+        best.num_entities,
+        best.relations.shape[0] // 2,
+        entity_range=rows,
+        modalities=cfg.data.modalities,
+        read_features=feature_reader(Path(cfg.data.path), cfg.data.modalities) if cfg.data.modalities else None,
+    )
+    return _load(model, best, entity_rows(best, *rows)).eval()

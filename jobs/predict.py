@@ -2,6 +2,10 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         /abs/path/.venv/bin/python jobs/predict.py runs/wn9-img-complex-seed0 --queries q.tsv --out top10.parquet
+
+New entities (a multimodal run): add ``--new-entities /abs/path/new.tsv`` (header; columns name, text) and
+optionally ``--new-visual /abs/path/new.npy``, and name them in the queries; or ask about one with
+``--new-entity NAME --text "..." --relation R --head NAME``.
 """
 
 import sys

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distmap.align.terms import alignment_terms
-from distmap.config import AlignConfig, ModelConfig, OTKGEConfig
+from distmap.config import AlignConfig, ColdConfig, ModelConfig, OTKGEConfig
 from distmap.data.batches import QueryGroups
 from distmap.data.kg import add_reciprocals
 from distmap.distributed.collectives import free_port
@@ -97,7 +97,22 @@ VARIANTS = {  # name -> (model config, modalities, alignment)
         ["text", "visual"],
         AlignConfig(lambda_align=0.5, lambda_preserve=0.5, sample=0, extra=0),
     ),
+    "map-cold-twin": (
+        ModelConfig(
+            name="map", rank=4, init_scale=0.3, cold=ColdConfig(unseen="projection", dropout=0.3, negatives=False)
+        ),
+        ["text", "visual"],
+        None,
+    ),
+    "map-cold-replace": (
+        ModelConfig(
+            name="map", rank=4, init_scale=0.3, cold=ColdConfig(unseen="projection", dropout=0.3, loss="replace")
+        ),
+        ["text", "visual"],
+        None,
+    ),
 }
+SEEN = torch.arange(N) % 5 != 0  # the entities with a structural row under ``cold.unseen: projection``
 
 
 def train(
@@ -120,13 +135,22 @@ def train(
         entity_range=(lo, hi),
         modalities=modalities,
         read_features=lambda m, a, b: FeatureRows(rows[m].values[a:b], rows[m].present[a:b]),
+        seen=SEEN,
     )
     optimizer = torch.optim.Adagrad(model.parameters(), lr=0.1)
     weight = torch.linspace(0.2, 1.0, N)
     terms = alignment_terms(align) if align else ()
     if world_size == 1 and reference_for > 1:
         terms = tuple(PerRange(t, row_ranges(N, reference_for)) for t in terms)
-    objective = Objective("n3", 0.01, label_smoothing=0.1, class_weight=weight, terms=terms)
+    objective = Objective(
+        "n3",
+        0.01,
+        label_smoothing=0.1 if cfg.cold.negatives else 0.0,  # smoothing spreads mass over every entity
+        class_weight=weight,
+        terms=terms,
+        dropout_loss=cfg.cold.loss,
+        twin_weight=0.5,
+    )
     generator = torch.Generator().manual_seed(7)
     losses: list[float] = []
     for _ in range(epochs):
@@ -187,6 +211,8 @@ def run_sharded(name: str, world_size: int, tmp_path: Path, grouped: bool = True
         ("map-base", 2, True),
         ("otkge", 3, True),
         ("map-aligned", 2, True),
+        ("map-cold-twin", 2, True),
+        ("map-cold-replace", 3, True),
     ],
 )
 def test_sharded_workers_match_one(name: str, world_size: int, grouped: bool, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distmap.config import ModelConfig, config_from_dict
+from distmap.config import ColdConfig, ModelConfig, config_from_dict
 from distmap.data.batches import QueryGroups
 from distmap.data.features import import_features
 from distmap.data.kg import KnowledgeGraph, add_reciprocals
@@ -26,6 +26,7 @@ from distmap.distributed.partition import row_ranges
 from distmap.distributed.shard_checkpoint import load_rows, newest_checkpoint
 from distmap.distributed.sharded import sampled_step, sync_replicated_grads
 from distmap.errors import ConfigError
+from distmap.models.model import step_key
 from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
 from distmap.train.checkpoint import CHECKPOINT_NAME
@@ -66,15 +67,21 @@ def text_rows() -> FeatureRows:
     return FeatureRows(values, present)
 
 
-def model_for(lo: int, hi: int, dtype: torch.dtype = torch.float32, multimodal: bool = False) -> torch.nn.Module:
-    """ComplEx, or MAP's fused ComplEx over synthetic text rows (learned fusion weights)."""
+COLD = ColdConfig(unseen="projection", dropout=0.3)  # the "cold" variant: every 7th entity unseen
+
+
+def model_for(
+    lo: int, hi: int, dtype: torch.dtype = torch.float32, multimodal: bool = False, cold: bool = False
+) -> torch.nn.Module:
+    """ComplEx, or MAP's fused ComplEx over synthetic text rows (learned fusion weights); ``cold``: with
+    unseen entities ranked from their text and the structural-view dropout's twin objective."""
     if not multimodal:
         return build_model(
             ModelConfig(name="complex", rank=4, init_scale=0.3), N, R, seed=3, entity_range=(lo, hi), table_dtype=dtype
         )
     rows = text_rows()
     return build_model(
-        ModelConfig(name="map", rank=4, init_scale=0.3, fusion="learned"),
+        ModelConfig(name="map", rank=4, init_scale=0.3, fusion="learned", **({"cold": COLD} if cold else {})),
         N,
         R,
         seed=3,
@@ -82,14 +89,15 @@ def model_for(lo: int, hi: int, dtype: torch.dtype = torch.float32, multimodal: 
         modalities=["text"],
         read_features=lambda m, a, b: FeatureRows(rows.values[a:b], rows.present[a:b]),
         table_dtype=dtype,
+        seen=torch.arange(N) % 7 != 0,
     )
 
 
-def one_step(rank: int, size: int, multimodal: bool = False) -> dict[str, object]:
+def one_step(rank: int, size: int, multimodal: bool = False, cold: bool = False) -> dict[str, object]:
     """Loss, entity-row gradients (this worker's rows, dense) and the replicated parameters' gradients
     (relations; MAP's projection and fusion weights) of one sampled step."""
     lo, hi = row_ranges(N, size)[rank]
-    model = model_for(lo, hi, multimodal=multimodal)
+    model = model_for(lo, hi, multimodal=multimodal, cold=cold)
     table = Recording([model.entities.weight], 0.1, rowwise=False)
     groups, ids = first_batch()
     step = sampled_step(model, groups, Objective("n3", REG), table, CandidateSampler(5), S)
@@ -105,11 +113,12 @@ def replicated_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if n != "entities.weight" and p.grad is not None}
 
 
-def direct(size: int, multimodal: bool = False) -> dict[str, object]:
+def direct(size: int, multimodal: bool = False, cold: bool = False) -> dict[str, object]:
     """The same step written out in one process: every worker's candidates scored at once, the
     corrected softmax by ``log_softmax``, gradients by autograd on the whole table (through MAP's
-    projection and fusion of all rows)."""
-    model = model_for(0, N, multimodal=multimodal)
+    projection and fusion of all rows); ``cold``: plus the same loss on the rows with the step's
+    structural views dropped (the twin, weight 1)."""
+    model = model_for(0, N, multimodal=multimodal, cold=cold)
     groups, ids = first_batch()
     batch = groups.select(ids)
     ranges, draws = row_ranges(N, size), [b - a for a, b in row_ranges(S, size)]
@@ -125,14 +134,19 @@ def direct(size: int, multimodal: bool = False) -> dict[str, object]:
         is_true += [torch.ones(len(mine), dtype=torch.bool), torch.zeros(count, dtype=torch.bool)]
     union, correction, is_true = torch.cat(columns), torch.cat(correction), torch.cat(is_true)
     target = torch.stack([((union == t) & is_true).nonzero().squeeze() for t in batch.tails])
-    fused = model.views().fused
     h, r = batch.queries.unbind(1)
-    q = model.interaction.query(fused[h], model.relations[r])
-    logits = model.interaction.score(q, fused[union]) + correction
-    nll = -torch.log_softmax(logits, dim=1)[batch.pair_query, target]
     pq = batch.pair_query
-    factors = model.interaction.factors(fused[h][pq], model.relations[r][pq], fused[batch.tails])
-    loss = nll.mean() + Objective("n3", REG).penalty(factors, len(nll))
+
+    def objective(fused: torch.Tensor) -> torch.Tensor:
+        q = model.interaction.query(fused[h], model.relations[r])
+        logits = model.interaction.score(q, fused[union]) + correction
+        nll = -torch.log_softmax(logits, dim=1)[pq, target]
+        factors = model.interaction.factors(fused[h][pq], model.relations[r][pq], fused[batch.tails])
+        return nll.mean() + Objective("n3", REG).penalty(factors, len(nll))
+
+    loss = objective(model.views().fused)
+    if cold:
+        loss = loss + objective(model.views(drop=step_key(ids)).fused)
     loss.backward()
     return {"loss": loss.item(), "grad": model.entities.weight.grad, **replicated_grads(model)}
 
@@ -141,8 +155,8 @@ def _worker(rank: int, size: int, port: int, job: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
-        if job in ("step", "map-step"):
-            result = one_step(rank, size, multimodal=job == "map-step")
+        if job in ("step", "map-step", "cold-step"):
+            result = one_step(rank, size, multimodal=job != "step", cold=job == "cold-step")
         else:
             result = train(rank, size, rowwise=job == "rowwise")
         torch.save(result, Path(out) / f"rank{rank}.pt")
@@ -156,13 +170,18 @@ def spawn(job: str, size: int, tmp_path: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize(
-    ("size", "multimodal"), [(1, False), (2, False), (3, False), (1, True), (2, True)], ids=lambda v: str(v)
+    ("size", "multimodal", "cold"),
+    [(1, False, False), (2, False, False), (3, False, False), (1, True, False), (2, True, False), (2, True, True)],
+    ids=lambda v: str(v),
 )
-def test_sampled_loss_and_gradients_equal_direct_softmax(size: int, multimodal: bool, tmp_path: Path) -> None:
-    """Structural ComplEx, and MAP (text rows projected and fused from the touched rows only)."""
-    reference = direct(size, multimodal)
-    job = "map-step" if multimodal else "step"
-    workers = [one_step(0, 1, multimodal)] if size == 1 else spawn(job, size, tmp_path)
+def test_sampled_loss_and_gradients_equal_direct_softmax(
+    size: int, multimodal: bool, cold: bool, tmp_path: Path
+) -> None:
+    """Structural ComplEx, and MAP (text rows projected and fused from the touched rows only), also
+    with unseen entities and the structural-view dropout's twin objective."""
+    reference = direct(size, multimodal, cold)
+    job = "cold-step" if cold else ("map-step" if multimodal else "step")
+    workers = [one_step(0, 1, multimodal, cold)] if size == 1 else spawn(job, size, tmp_path)
     replicated = [k for k in reference if k not in ("loss", "grad")]
     assert any(k.startswith("projections.") for k in replicated) == multimodal
     for w in workers:

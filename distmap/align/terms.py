@@ -45,7 +45,7 @@ class MinibatchAlignment:
         chosen = self.rows(rows, len(views.structure))
         total = views.structure.new_zeros(())
         for m in views.projected:
-            r = chosen[views.present[m][chosen]]
+            r = views.with_structure(chosen[views.present[m][chosen]])  # the structural rows are the target
             if len(r) < 2:
                 continue
             p = views.projected_rows(m, r)
@@ -76,7 +76,7 @@ class FullAlignment:
         fresh = self._step % self.plan_every == 0
         self._step += 1
         for m, projected in views.projected.items():
-            present = views.present[m]
+            present = views.present[m] if views.structured is None else views.present[m] & views.structured
             structure = views.structure[present]
             cost = squared_distances(projected[present], structure.detach() if self.detach_structure else structure)
             if fresh or m not in self._plans:

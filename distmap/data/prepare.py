@@ -11,6 +11,7 @@ reason, in `removed.tsv`; the ids stay those of the uncleaned dataset.
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +23,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from distmap.data import hygiene
-from distmap.data.hygiene import SPLITS, seen_in_train, split_hygiene
+from distmap.data.cold import (
+    COLD_ENTITIES,
+    MOVED,
+    ColdOptions,
+    ColdSplit,
+    cold_lines,
+    cold_options,
+    cold_split,
+    manifest_entry,
+    read_eligible,
+)
+from distmap.data.hygiene import COLD_KEY, SPLITS, seen_in_train, split_hygiene
 from distmap.data.manifest import (
     FORMAT_VERSION,
     MANIFEST,
@@ -73,13 +85,21 @@ def prepare_dataset(
     overwrite: bool = False,
     clean: bool = False,
     skip_header: bool = False,
+    cold_entities: float | str | None = None,
+    seed: int | str | None = None,
+    cold_eligible: str | Path | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """Turn `raw_dir/{train,valid,test}.tsv[.gz]` into a dataset directory; return its manifest.
 
     `skip_header` skips exactly the first line of each split file; `clean` drops duplicates and
     valid triples also in train or test, writing each dropped line and its reason to `removed.tsv`.
+    `cold_entities` (a fraction in (0, 1)) makes a cold-start split after any cleaning: it picks
+    that share of the entities with features (`cold_eligible`: a TSV whose first column names them;
+    default all) with `seed` and moves their train triples to valid/test (`distmap.data.cold`),
+    listing them in `cold_entities.tsv` and every moved line in `moved.tsv`.
     """
+    options = cold_options(cold_entities, seed, cold_eligible)
     raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir)
     if not raw_dir.is_dir():
         raise DataError(raw_dir, "not a directory; expected a folder holding train, valid and test triples")
@@ -93,14 +113,50 @@ def prepare_dataset(
     ids = {split: _to_ids(s, entities, relations) for split, s in raw.items()}
     checks = _checks(raw, ids, entities, relations, listed_entities, listed_relations)
     _report(checks, log)
+    eligible = None
+    if options is not None:
+        eligible = read_eligible(options.eligible, entities)
+        if options.eligible is None:
+            log(
+                "note: no --cold-eligible file: every entity counts as eligible for --cold-entities "
+                "(a cold entity without features cannot be ranked from them)"
+            )
     found = split_hygiene(ids, len(entities), len(relations))
+    rows = {split: np.arange(len(triples)) for split, triples in ids.items()}  # row in `raw` of each id row
+    title = raw_dir.name if options is None else f"{raw_dir.name} as published"
+    cleaned, dropped = None, None
     if clean:
-        manifest = _write_cleaned(out_dir, raw_dir, raw, entities, relations, ids, checks, found, log)
+        hygiene.report(found, log, f"{raw_dir.name} as published", "--clean drops duplicates and leaked valid triples")
+        dropped = hygiene.removals(ids, {s: np.array(r.lines) for s, r in raw.items()}, len(entities), len(relations))
+        ids, rows = _drop_rows(ids, dropped)
+        log(
+            f"--clean: removing {sum(len(d) for d in dropped.values()):,} line(s) ("
+            + ", ".join(f"{split} {len(d):,}" for split, d in dropped.items())
+            + f"), each listed with its reason in {out_dir / REMOVED}"
+        )
+        kept = split_hygiene(ids, len(entities), len(relations))
+        title = f"{raw_dir.name} after --clean"
+        if options is None:
+            hygiene.report(kept, log, title, "--clean keeps train ∩ test and unseen triples")
     else:
+        kept = found
         advice = CLEAN_ADVICE if hygiene.cleanable(found) else "--clean would keep these (train ∩ test, unseen)"
-        hygiene.report(found, log, raw_dir.name, f"kept as published; {advice}")
-        _clear_output(out_dir)
-        manifest = _write_dataset(out_dir, raw_dir, entities, relations, ids, checks, {**found, "cleaned": None})
+        hygiene.report(found, log, title, f"kept as published; {advice}")
+    cold = None
+    if options is not None:
+        assert eligible is not None
+        cold = cold_split(ids, len(entities), len(relations), options, eligible)
+        ids = cold.ids
+        kept = _report_cold(cold, options, raw_dir, out_dir, len(entities), len(relations), clean, log)
+    _clear_output(out_dir)
+    if clean:
+        assert dropped is not None
+        cleaned = _write_removed(out_dir / REMOVED, raw, dropped, found)
+    extra = {}
+    if cold is not None:
+        assert options is not None
+        extra["cold_start"] = _write_cold(out_dir, cold, options, raw, rows, entities, relations)
+    manifest = _write_dataset(out_dir, raw_dir, entities, relations, ids, checks, {**kept, "cleaned": cleaned}, extra)
     log(
         f"prepared {raw_dir.name}: {len(entities):,} entities, {len(relations):,} relations, "
         + ", ".join(f"{split} {entry['triples']:,}" for split, entry in manifest["splits"].items())
@@ -109,17 +165,48 @@ def prepare_dataset(
     return manifest
 
 
+def _report_cold(
+    cold: ColdSplit,
+    options: ColdOptions,
+    raw_dir: Path,
+    out_dir: Path,
+    num_entities: int,
+    num_relations: int,
+    clean: bool,
+    log: Log,
+) -> dict[str, Any]:
+    """Say what `--cold-entities` picked and moved, then the hygiene of the split (the cold-start lines
+    as by design); return that hygiene, with its `cold_start` counts, for the manifest."""
+    kept = split_hygiene(cold.ids, num_entities, num_relations)
+    kept[COLD_KEY] = cold_lines(cold, num_entities, num_relations)
+    to = Counter(dest for _, dest, _ in cold.moved)
+    log(
+        f"--cold-entities {options.fraction:g} --seed {options.seed}: picked {len(cold.selection.picked):,} of "
+        f"{int(cold.eligible.mask.sum()):,} eligible entities, moved {len(cold.moved):,} train line(s) "
+        f"(valid {to['valid']:,}, test {to['test']:,}), listed in {out_dir / MOVED}"
+    )
+    if clean:
+        advice = "--clean keeps train ∩ test and unseen triples"
+    else:
+        advice = CLEAN_ADVICE if hygiene.cleanable(kept) else "--clean would keep these (train ∩ test, unseen)"
+        advice = f"kept as published; {advice}"
+    after = "--clean and --cold-entities" if clean else "--cold-entities"
+    hygiene.report(kept, log, f"{raw_dir.name} after {after}", advice)
+    return kept
+
+
 # ---------------------------------------------------------------- reading
 
 
 def _clear_output(out_dir: Path) -> None:
     """Retire an old manifest before any file changes, its features (their ids may shift) and an
-    old `removed.tsv` (it would describe another preparation).
+    old `removed.tsv`, `cold_entities.tsv` or `moved.tsv` (they would describe another preparation).
 
     Runs only once the raw input has passed every check, so a bad input leaves the old dataset intact.
     """
     (out_dir / MANIFEST).unlink(missing_ok=True)
-    (out_dir / REMOVED).unlink(missing_ok=True)
+    for name in (REMOVED, COLD_ENTITIES, MOVED):
+        (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "features", ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -291,6 +378,7 @@ def _write_dataset(
     ids: dict[str, np.ndarray],
     checks: dict[str, Any],
     counts: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Tables first, manifest last: a crash never leaves a manifest pointing at missing files."""
     splits = {}
@@ -311,6 +399,7 @@ def _write_dataset(
         "splits": splits,
         "checks": checks,
         hygiene.KEY: counts,
+        **(extra or {}),
         "features": {},
     }
     write_manifest(out_dir, manifest)
@@ -328,43 +417,20 @@ def _write_names(path: Path, names: list[str]) -> dict[str, Any]:
 CLEAN_ADVICE = "`distmap prepare --clean` drops duplicates and valid triples also in train or test (into removed.tsv)"
 
 
-def _write_cleaned(
-    out_dir: Path,
-    raw_dir: Path,
-    raw: dict[str, RawSplit],
-    entities: list[str],
-    relations: list[str],
-    ids: dict[str, np.ndarray],
-    checks: dict[str, Any],
-    found: dict[str, Any],
-    log: Log,
-) -> dict[str, Any]:
-    """`prepare --clean`: report the input as published, drop, report what is left, write it all."""
-    hygiene.report(found, log, f"{raw_dir.name} as published", "--clean drops duplicates and leaked valid triples")
-    dropped = hygiene.removals(ids, {s: np.array(r.lines) for s, r in raw.items()}, len(entities), len(relations))
-    ids = _drop_rows(ids, dropped)
-    log(
-        f"--clean: removing {sum(len(d) for d in dropped.values()):,} line(s) ("
-        + ", ".join(f"{split} {len(d):,}" for split, d in dropped.items())
-        + f"), each listed with its reason in {out_dir / REMOVED}"
-    )
-    kept = split_hygiene(ids, len(entities), len(relations))
-    hygiene.report(kept, log, f"{raw_dir.name} after --clean", "--clean keeps train ∩ test and unseen triples")
-    _clear_output(out_dir)
-    cleaned = _write_removed(out_dir / REMOVED, raw, dropped, found)
-    return _write_dataset(out_dir, raw_dir, entities, relations, ids, checks, {**kept, "cleaned": cleaned})
-
-
-def _drop_rows(ids: dict[str, np.ndarray], dropped: dict[str, dict[int, str]]) -> dict[str, np.ndarray]:
-    """Each split's (n, 3) ids without the dropped rows; a split left empty is an error (nothing to evaluate)."""
-    kept = {}
+def _drop_rows(
+    ids: dict[str, np.ndarray], dropped: dict[str, dict[int, str]]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each split's (n, 3) ids without the dropped rows, and the kept rows' positions in the input;
+    a split left empty is an error (nothing to evaluate)."""
+    kept, rows = {}, {}
     for split, triples in ids.items():
         keep = np.ones(len(triples), dtype=bool)
         keep[list(dropped[split])] = False
         if not keep.any():
             raise DistmapError(f"--clean would leave split '{split}' empty: every line is a duplicate or leaked")
         kept[split] = triples[keep]
-    return kept
+        rows[split] = np.flatnonzero(keep)
+    return kept, rows
 
 
 def _write_removed(
@@ -385,3 +451,40 @@ def _write_removed(
         "removed_lines": {split: len(reasons) for split, reasons in dropped.items()},
         "as_published": found,
     }
+
+
+# ---------------------------------------------------------------- cold start
+
+
+def _write_cold(
+    out_dir: Path,
+    cold: ColdSplit,
+    options: ColdOptions,
+    raw: dict[str, RawSplit],
+    rows: dict[str, np.ndarray],
+    entities: list[str],
+    relations: list[str],
+) -> dict[str, Any]:
+    """`cold_entities.tsv` (the picked entities: name, id, train lines moved) and `moved.tsv` (each moved
+    input line, as `removed.tsv` lists removed ones), so the dataset plus the listings hold each input
+    line exactly once. Returns the manifest's `cold_start` block."""
+    per_entity: dict[int, int] = dict.fromkeys(cold.selection.picked, 0)
+    lines = ["split\tline\thead\trelation\ttail\treason"]
+    r = raw["train"]
+    for row, dest, entity in cold.moved:
+        i = int(rows["train"][row])
+        per_entity[entity] += 1
+        triple = f"{r.heads[i]}\t{r.relations[i]}\t{r.tails[i]}"
+        lines.append(f"train\t{r.lines[i]}\t{triple}\tcold entity {entities[entity]} -> {dest}")
+    moved_path = out_dir / MOVED
+    moved_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cold_path = out_dir / COLD_ENTITIES
+    picked = sorted(per_entity)
+    cold_path.write_text(
+        "entity\tid\tmoved_train_lines\n" + "".join(f"{entities[e]}\t{e}\t{per_entity[e]}\n" for e in picked),
+        encoding="utf-8",
+    )
+    entry = manifest_entry(cold, options, entities, relations)
+    entry["cold_entities"] = {"file": cold_path.name, "sha256": sha256_file(cold_path)}
+    entry["moved"] = {"file": moved_path.name, "sha256": sha256_file(moved_path)}
+    return entry

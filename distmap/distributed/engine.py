@@ -49,6 +49,7 @@ from distmap.train.fit import (
     check_resumable,
     feature_reader,
     make_optimizer,
+    train_seen,
     training_groups,
     training_parts,
     training_step,
@@ -86,6 +87,13 @@ class ShardedEngine:
             self.feature_parts[modality].extend(rows.parts)
             return rows
 
+        self.train_row_groups: list[int] = []  # of train.parquet, read by this worker under scale.shard_triples
+        if cfg.scale.shard_triples:
+            triples, self.train_row_groups = read_train_shard(kg, self.rank, size)
+            seen = train_seen(cfg, triples, kg.num_entities)
+            seen = all_reduce_(seen.long()) > 0 if seen is not None else None  # seen in any worker's share
+        else:
+            seen = train_seen(cfg, kg.train, kg.num_entities)
         self.model = build_model(
             cfg.model,
             kg.num_entities,
@@ -95,15 +103,14 @@ class ShardedEngine:
             modalities=cfg.data.modalities,
             read_features=read_and_record,
             table_dtype=getattr(torch, cfg.train.table_dtype),
+            seen=seen,
         ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.sampler = CandidateSampler(cfg.train.seed)
         seed_loss_terms(cfg.train.seed)
-        self.train_row_groups: list[int] = []  # of train.parquet, read by this worker under scale.shard_triples
         self.groups: QueryGroups | ShardedGroups
         if cfg.scale.shard_triples:
-            triples, self.train_row_groups = read_train_shard(kg, self.rank, size)
             local, self.objective = training_groups(cfg, triples, kg.num_entities, kg.num_relations, device)
             self.groups, self.filter_index = ShardedGroups(local), range_filter(kg, self.lo, self.hi, device)
             self.num_examples = int(all_reduce_(torch.tensor([local.num_triples])))

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from distmap.data.batches import QueryGroups
+from distmap.data.batches import Batch, QueryGroups
 from distmap.distributed.collectives import all_reduce_, all_reduce_sum_with_grad, world
 from distmap.distributed.parallel_ce import worker_reduction
 from distmap.distributed.partition import row_ranges
@@ -70,15 +70,15 @@ def shared_rows(mine: Tensor, owned: Tensor, count: int) -> Tensor:
     return all_reduce_sum_with_grad(local)
 
 
-def sharded_views(model: KGEModel) -> EntityViews:
+def sharded_views(model: KGEModel, drop: int | None = None) -> EntityViews:
     """This worker's block in every view; structural rows a model needs from elsewhere (OTKGE's
-    anchors) come from their owners, without gradient."""
+    anchors) come from their owners, without gradient. ``drop``: a structural-view dropout key."""
     table = model.entities
 
     def fetch(ids: Tensor) -> Tensor:
         return replicated_rows(table.weight.detach(), table.lo, ids)
 
-    return model.views(fetch)
+    return model.views(fetch, drop)
 
 
 def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> StepLoss:
@@ -88,25 +88,36 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
     lo, hi = model.entities.lo, model.entities.hi
     reduction = worker_reduction()
 
-    def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        batch = groups.select(ids).to(device)
-        views = sharded_views(model)
+    def fit_on(views: EntityViews, batch: Batch) -> tuple[Tensor, Tensor]:
+        """(the cross-entropy over all N, this worker's share of the penalty) of the batch on ``views``."""
         h, r = batch.queries.unbind(1)
         num_queries, num_pairs = len(h), len(batch.tails)
         h_emb, t_emb = replicated_rows(views.fused, lo, torch.cat([h, batch.tails])).split([num_queries, num_pairs])
         r_emb = model.relations[r]
-        scores = model.interaction.score(model.interaction.query(h_emb, r_emb), views.fused)
+        scores = model.training_scores(model.interaction.score(model.interaction.query(h_emb, r_emb), views.fused))
         fit = objective.cross_entropy(scores, batch.pair_query, batch.tails, lo, model.num_entities, reduction)
         share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
         pair_query = batch.pair_query[share]
         factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
+        return fit, objective.penalty(factors, num_pairs)
+
+    def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        batch = groups.select(ids).to(device)
+        drop, replace = objective.dropout_key(model, ids)
+        views = sharded_views(model, drop if replace else None)
+        fit, penalty = fit_on(views, batch)
         entities = batch.entities()
         mine = entities[(entities >= lo) & (entities < hi)] - lo  # alignment etc. on this worker's own rows
         # Each worker's terms are one sample of the same expectation (its own sub-distribution): their
         # mean over the workers is the objective's term, so its weight does not grow with P.
-        local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine) / size
-        logged = fit.detach() + all_reduce_(local.detach().clone())
-        return fit + local, logged, fit.detach()
+        local = penalty + objective.extra(model, views, mine) / size
+        shared = fit
+        if drop is not None and not replace:  # the twin: the same step with some structural views dropped
+            twin_fit, twin_penalty = fit_on(sharded_views(model, drop), batch)
+            shared = shared + objective.twin_weight * twin_fit
+            local = local + objective.twin_weight * twin_penalty
+        logged = shared.detach() + all_reduce_(local.detach().clone())
+        return shared + local, logged, fit.detach()
 
     return loss
 
@@ -142,24 +153,39 @@ def sampled_step(
         owned = ((ends >= lo) & (ends < hi)).nonzero().squeeze(1)
         touched = torch.unique(torch.cat([ends[owned], cand.ids]))  # (M,) sorted global ids, all in [lo, hi)
         leaf = table.gather(weight, touched - lo)  # (M, d) float32
-        views = model.row_views(leaf, touched - lo)  # (M, d') fused rows of the touched entities
+        drop, replace = objective.dropout_key(model, ids)
 
-        def rows(global_ids: Tensor) -> Tensor:
-            return views.fused[torch.searchsorted(touched, global_ids)]
+        def fit_on(views: EntityViews) -> tuple[Tensor, Tensor]:
+            """(the sampled cross-entropy, this worker's share of the penalty) on the touched rows' ``views``."""
 
-        h_emb, t_emb = shared_rows(rows(ends[owned]), owned, len(ends)).split([num_queries, num_pairs])
-        r_emb = model.relations[r]
-        q = model.interaction.query(h_emb, r_emb)
-        scores = model.interaction.score(q, rows(cand.ids)) + cand.correction  # (Q, C_p)
-        fit = objective.cross_entropy(scores, batch.pair_query, cand.pair_column, cand.offset, cand.total, reduction)
-        share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
-        pair_query = batch.pair_query[share]
-        factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
+            def rows(global_ids: Tensor) -> Tensor:
+                return views.fused[torch.searchsorted(touched, global_ids)]
+
+            h_emb, t_emb = shared_rows(rows(ends[owned]), owned, len(ends)).split([num_queries, num_pairs])
+            r_emb = model.relations[r]
+            q = model.interaction.query(h_emb, r_emb)
+            scores = model.interaction.score(q, rows(cand.ids)) + cand.correction  # (Q, C_p)
+            scores = model.training_scores(scores, cand.ids - lo)
+            fit = objective.cross_entropy(
+                scores, batch.pair_query, cand.pair_column, cand.offset, cand.total, reduction
+            )
+            share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
+            pair_query = batch.pair_query[share]
+            factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
+            return fit, objective.penalty(factors, num_pairs)
+
+        views = model.row_views(leaf, touched - lo, drop if replace else None)  # (M, d') fused rows of the touched
+        fit, penalty = fit_on(views)
         entities = batch.entities()
         mine = torch.searchsorted(touched, entities[(entities >= lo) & (entities < hi)])  # rows of ``views``
-        local = objective.penalty(factors, num_pairs) + objective.extra(model, views, mine) / size
-        logged = fit.detach() + all_reduce_(local.detach().clone())
-        return fit + local, logged, fit.detach()
+        local = penalty + objective.extra(model, views, mine) / size
+        shared = fit
+        if drop is not None and not replace:  # the twin: the same step with some structural views dropped
+            twin_fit, twin_penalty = fit_on(model.row_views(leaf, touched - lo, drop))
+            shared = shared + objective.twin_weight * twin_fit
+            local = local + objective.twin_weight * twin_penalty
+        logged = shared.detach() + all_reduce_(local.detach().clone())
+        return shared + local, logged, fit.detach()
 
     return loss
 

@@ -79,7 +79,9 @@ class Fusion(nn.Module):
         return self.fixed if self.kind == "weighted" else self.theta.softmax(0) * self.total
 
     def forward(self, views: list[Tensor], present: list[Tensor]) -> Tensor:
-        """``views[k]`` (M, d), ``present[k]`` (M,) bool; view 0 (structure) is always present."""
+        """``views[k]`` (M, d), ``present[k]`` (M,) bool; every row has at least one view. View 0
+        (structure) is absent only for entities represented by their features alone (``ColdConfig``);
+        ``concat`` needs it everywhere."""
         if self.kind == "concat":
             return torch.cat(
                 [views[0]]
@@ -93,7 +95,7 @@ class Fusion(nn.Module):
             w = w * (self.total / w.sum(1, keepdim=True))
             return (w[:, :, None] * stacked).sum(1)
         if self.kind == "gate":
-            s = views[0]
+            s = views[0] * mask[:, :1]  # an absent structural view gates and adds nothing
             out = s
             for k, (v, p) in enumerate(zip(views[1:], present[1:], strict=True)):
                 g = torch.sigmoid(torch.cat([s, v], dim=1) @ self.gates[k])

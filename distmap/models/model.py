@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from distmap.data.batches import Batch
+from distmap.errors import DistmapError
 from distmap.models.interactions import Interaction, RotatE
 
 INIT_BLOCK_ROWS = 4096
@@ -87,12 +88,39 @@ class EntityViews:
     # the model's projection is row-wise. A loss term on k rows then back-propagates O(k) work into the
     # projection weights instead of a dense (M, d) gradient through ``projected`` (benchmarks/align_cost.py).
     project_rows: Callable[[str, Tensor], Tensor] | None = None
+    # (M,) bool: rows with a trained structural row (``ColdConfig.unseen: projection`` leaves an entity
+    # with no train triple without one); terms that use the structural rows as a target skip the others.
+    structured: Tensor | None = None
+
+    def with_structure(self, rows: Tensor) -> Tensor:
+        """The rows of ``rows`` whose structural row is real (all of them by default)."""
+        return rows if self.structured is None else rows[self.structured[rows]]
 
     def projected_rows(self, modality: str, rows: Tensor) -> Tensor:
         """Rows ``rows`` of ``projected[modality]`` (the same values), cheapest way the model allows."""
         if self.project_rows is None:
             return self.projected[modality][rows]
         return self.project_rows(modality, rows)
+
+
+def dropped_rows(ids: Tensor, key: int, p: float) -> Tensor:
+    """(k,) bool: which entities ``ids`` (global) lose their structural view in the step ``key``.
+
+    A hash of (id, key) to [0, 1), compared with ``p``: the same for an entity whichever worker holds
+    it and whatever rows are asked together, O(k), and with no generator state to checkpoint (the key
+    is derived from the step's batch, which every worker and a resumed run draw alike).
+    """
+    salt = torch.tensor(key, dtype=torch.long, device=ids.device) * -4658895280553007687  # int64 wraps
+    x = ids.long() * -7046029254386353131 + salt  # splitmix64's odd constants
+    x = (x ^ (x >> 31)) * -4265267296055464877
+    x = x ^ (x >> 29)
+    return ((x >> 11) & 0xFFFFFF).double() < p * (1 << 24)
+
+
+def step_key(ids: Tensor) -> int:
+    """A number that identifies a step's batch of group ids (``dropped_rows``' key)."""
+    ids = ids.long().cpu()
+    return int((ids * torch.arange(1, len(ids) + 1)).sum() % (1 << 61))
 
 
 RowFetch = Callable[[Tensor], Tensor]
@@ -129,22 +157,40 @@ class KGEModel(nn.Module):
     def num_entities(self) -> int:
         return self.entities.num_total
 
-    def views(self, fetch: RowFetch | None = None) -> EntityViews:
+    def views(self, fetch: RowFetch | None = None, drop: int | None = None) -> EntityViews:
         """This model's rows in every view; a structural model's fused rows are its table (no copy).
 
         ``fetch`` gives structural rows outside this block (a model that needs some, e.g. OTKGE's
         anchor entities, uses it; the default reads the local table). A bfloat16 table is read as
-        float32 (a copy: evaluation and the exact objective compute in float32).
+        float32 (a copy: evaluation and the exact objective compute in float32). ``drop``: the step
+        key of a structural-view dropout (``ColdConfig``); a model without features has none.
         """
         weight = self.structure()
         return EntityViews(self.entities.lo, weight, weight)
+
+    @property
+    def structure_dropout(self) -> float:
+        """The share of rows whose structural view a training step drops (``ColdConfig.dropout``)."""
+        return 0.0
+
+    def training_scores(self, scores: Tensor, local: Tensor | slice = slice(None)) -> Tensor:
+        """Scores (Q, k) against the block's rows ``local`` as the training softmax sees them: all of
+        them, or without the entities a multimodal model leaves out (``ColdConfig.negatives``)."""
+        return scores
+
+    def unseen_rows(self, features: dict[str, Tensor]) -> Tensor:
+        """Fused rows (k, d') of entities that have no structural row, from their feature rows."""
+        raise DistmapError(
+            "this model has no feature projection: it can only rank entities it was trained with "
+            "(train a multimodal model, e.g. configs/wn9img/map.yaml, to rank new entities from features)"
+        )
 
     def structure(self) -> Tensor:
         """The block's structural rows as the math reads them: a bfloat16 table as a float32 copy."""
         weight = self.entities.weight
         return weight.float() if weight.dtype == torch.bfloat16 else weight
 
-    def row_views(self, structure: Tensor, local: Tensor) -> EntityViews:
+    def row_views(self, structure: Tensor, local: Tensor, drop: int | None = None) -> EntityViews:
         """Some rows in every view, built from their structural rows ``structure`` (k, d) (gathered by
         the caller, e.g. the sampled objective's touched rows) and their local indices ``local`` (k,):
         work in k, not in the block. A structural model scores its structural rows."""
@@ -174,17 +220,19 @@ class KGEModel(nn.Module):
         """Scores (B, hi - lo) of each (h, r) against entities [lo, hi)."""
         return self.scorer()(h, r, lo, hi)
 
-    def forward(self, batch: Batch) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], EntityViews]:
+    def forward(
+        self, batch: Batch, drop: int | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], EntityViews]:
         """kbc's forward: scores (Q, N) of every query against all local entities, the N3 factors
         of every (query, tail) pair (so the penalty counts a query once per triple), and the views
-        the loss terms read."""
-        views = self.views()
+        the loss terms read (``drop``: the step key of a structural-view dropout)."""
+        views = self.views(drop=drop)
         h, r = batch.queries.unbind(1)
         # One gather for heads and tails: each gather's backward zero-fills a block-sized gradient.
         rows = views.fused[torch.cat([h, batch.tails]) - views.lo]
         h_emb, t_emb = rows.split([len(h), len(batch.tails)])
         r_emb = self.relations[r]
-        scores = self.interaction.score(self.interaction.query(h_emb, r_emb), views.fused)
+        scores = self.training_scores(self.interaction.score(self.interaction.query(h_emb, r_emb), views.fused))
         return scores, self.interaction.factors(*per_pair(batch.pair_query, h_emb, r_emb), t_emb), views
 
 

@@ -10,14 +10,16 @@ are replicated like the relations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import ot
 import torch
 from torch import Tensor, nn
 
+from distmap.errors import DistmapError
 from distmap.models.interactions import Interaction
 from distmap.models.modalities import Fusion, FusionKind, Projection, ProjectionKind
-from distmap.models.model import EntityViews, KGEModel, RowFetch
+from distmap.models.model import EntityViews, KGEModel, RowFetch, dropped_rows
 
 
 @dataclass(frozen=True)
@@ -49,19 +51,38 @@ class MultimodalModel(KGEModel):
         fusion: FusionKind,
         fusion_weights: list[float],
         table_dtype: torch.dtype | None = None,
+        seen: Tensor | None = None,
+        unseen: Literal["projection", "table"] = "table",
+        dropout: float = 0.0,
+        negatives: bool = True,
     ) -> None:
+        """``seen`` (M,) bool: the block's entities that occur in a train triple (None: all); with ``unseen:
+        projection`` the others that have a feature are represented by their features alone, and
+        ``dropout`` is the share of rows a training step represents so; ``negatives: False`` leaves the
+        former out of the training softmax (``ColdConfig``). Views side by
+        side (``concat``) score the structural view on its own: such a model keeps it everywhere."""
         super().__init__(interaction, num_entities, num_relations, rank, init_scale, seed, entity_range, table_dtype)
         self.seed = seed  # replicated weights are drawn from it, the same on every worker
         dim = self.entities.weight.shape[1]
         self.modalities = list(features)
+        size = self.entities.hi - self.entities.lo
         for name, rows in features.items():
-            if rows.values.shape[0] != self.entities.hi - self.entities.lo:
-                raise ValueError(
-                    f"{name}: {rows.values.shape[0]} feature rows for {self.entities.hi - self.entities.lo}"
-                )
+            if rows.values.shape[0] != size:
+                raise ValueError(f"{name}: {rows.values.shape[0]} feature rows for {size}")
             # Data, not parameters: rebuilt from the dataset's shards, so not saved in checkpoints.
             self.register_buffer(f"features_{name}", rows.values.to(torch.get_default_dtype()), persistent=False)
             self.register_buffer(f"present_{name}", rows.present.bool(), persistent=False)
+        has_feature = torch.stack([rows.present.bool() for rows in features.values()]).any(0)  # (M,)
+        structured = torch.ones(size, dtype=torch.bool)
+        if unseen == "projection" and fusion != "concat" and seen is not None:
+            if len(seen) != size:
+                raise ValueError(f"{len(seen)} train-seen flags for {size} rows")
+            structured = seen.bool() | ~has_feature  # an entity with neither keeps its row: it has nothing else
+        self.register_buffer("has_feature", has_feature, persistent=False)
+        self.register_buffer("structured", structured, persistent=False)
+        self.dropout = dropout if fusion != "concat" else 0.0
+        # Rows left out of the training softmax: those ranked from their features alone, if asked.
+        self.register_buffer("excluded", None if negatives or bool(structured.all()) else ~structured, persistent=False)
         if projection is not None:  # else a subclass brings its own ``project``
             self.projections = nn.ModuleDict(
                 {
@@ -78,32 +99,75 @@ class MultimodalModel(KGEModel):
         """Feature rows of modality ``name`` in the entity space."""
         return self.projections[name](values)
 
-    def views(self, fetch: RowFetch | None = None) -> EntityViews:
-        return self._views(self.structure(), slice(None), fetch)
+    def views(self, fetch: RowFetch | None = None, drop: int | None = None) -> EntityViews:
+        return self._views(self.structure(), slice(None), fetch, drop)
 
-    def row_views(self, structure: Tensor, local: Tensor) -> EntityViews:
-        return self._views(structure, local, None)
+    def row_views(self, structure: Tensor, local: Tensor, drop: int | None = None) -> EntityViews:
+        return self._views(structure, local, None, drop)
 
-    def _views(self, structure: Tensor, local: Tensor | slice, fetch: RowFetch | None) -> EntityViews:
+    @property
+    def structure_dropout(self) -> float:
+        return self.dropout
+
+    def training_scores(self, scores: Tensor, local: Tensor | slice = slice(None)) -> Tensor:
+        if self.excluded is None:
+            return scores
+        return scores.masked_fill(self.excluded[local][None, :], float("-inf"))
+
+    def _views(self, structure: Tensor, local: Tensor | slice, fetch: RowFetch | None, drop: int | None) -> EntityViews:
         """The views of the rows ``local`` of the block (all of them: ``slice(None)``, no copy).
 
         Only the whole block's views re-project the rows a loss term uses (``project_rows``): a term
         indexing the block's projected view would back-propagate a dense block-sized gradient. Views
         of selected rows are already that small, so terms index them and nothing is projected twice.
+        ``drop`` (a step key): the rows ``dropped_rows`` picks are fused without their structural view.
         """
         features, present, projected = {}, {}, {}
         for name in self.modalities:
             values, mask = self.feature_rows(name)
             features[name], present[name] = values[local], mask[local]
             projected[name] = self.project(name, features[name], fetch)
-        always = torch.ones(len(structure), dtype=torch.bool, device=structure.device)
-        fused = self.fusion([structure, *projected.values()], [always, *present.values()])
+        structured = self.structured[local]
+        placed = structured
+        if drop is not None and self.dropout:
+            ids = self.entities.lo + torch.arange(len(structure), device=structure.device)[local]
+            placed = structured & ~(dropped_rows(ids, drop, self.dropout) & self.has_feature[local])
+        fused = self.fusion([structure, *projected.values()], [placed, *present.values()])
 
         def project_rows(name: str, rows: Tensor) -> Tensor:
             return self.project(name, features[name][rows], fetch)
 
         rowwise = project_rows if self.rowwise_projection and isinstance(local, slice) else None
-        return EntityViews(self.entities.lo, structure, fused, projected, present, features, rowwise)
+        return EntityViews(self.entities.lo, structure, fused, projected, present, features, rowwise, structured)
+
+    def unseen_rows(self, features: dict[str, Tensor]) -> Tensor:
+        """Fused rows (k, d') of k entities that have no structural row (new after training, or never
+        in a train triple), from their feature rows (k, D_m) of the modalities they have."""
+        if self.fusion.kind == "concat":
+            raise DistmapError(
+                "this model scores the structural view on its own (views side by side): it cannot rank an "
+                "entity without one; use map, mmkrl, transae or otkge"
+            )
+        unknown = sorted(set(features) - set(self.modalities))
+        if unknown or not features:
+            raise DistmapError(
+                f"features given for {', '.join(unknown) or 'no modality'}; the model reads "
+                f"{', '.join(self.modalities)}"
+            )
+        count = len(next(iter(features.values())))
+        structure = self.entities.weight.new_zeros(count, self.entities.weight.shape[1], dtype=torch.float32)
+        views, present = [structure], [torch.zeros(count, dtype=torch.bool, device=structure.device)]
+        for name in self.modalities:
+            given = name in features
+            width = self.feature_rows(name)[0].shape[1]
+            values = features[name] if given else structure.new_zeros(count, width)
+            if values.shape != (count, width):
+                raise DistmapError(
+                    f"{name}: feature rows of shape {tuple(values.shape)}, the model reads ({count}, {width})"
+                )
+            views.append(self.project(name, values.to(structure), None))
+            present.append(torch.full((count,), given, dtype=torch.bool, device=structure.device))
+        return self.fusion(views, present)
 
 
 class OTKGEModel(MultimodalModel):
@@ -160,8 +224,8 @@ class TBKGEModel(MultimodalModel):
     projection into the common space (a linear projection of the concatenated features, with an
     absent modality dropped), side by side for ``MultiViewTransE`` with a relation per view."""
 
-    def views(self, fetch: RowFetch | None = None) -> EntityViews:
-        views = super().views(fetch)
+    def views(self, fetch: RowFetch | None = None, drop: int | None = None) -> EntityViews:
+        views = super().views(fetch, drop)
         combined = sum(views.projected[m] * views.present[m][:, None] for m in self.modalities)
         any_present = torch.stack(list(views.present.values())).any(0)
         views.fused = self.fusion([views.structure, combined], [any_present.new_ones(len(combined)), any_present])
@@ -208,7 +272,7 @@ class MMKRLModel(MultimodalModel):
         total = views.structure.new_zeros(())
         aligned = []
         for m in self.modalities:
-            r = rows[views.present[m][rows]]
+            r = views.with_structure(rows[views.present[m][rows]])  # the structural rows are the target
             if not len(r):
                 continue
             projected, target = views.projected[m][r], views.structure[r]

@@ -64,6 +64,7 @@ def build_model(
     modalities: list[str] | None = None,
     read_features: FeatureReader | None = None,
     table_dtype: torch.dtype | None = None,
+    seen: torch.Tensor | None = None,
 ) -> KGEModel:
     """A model over ``num_entities`` and 2 x ``num_base_relations`` (reciprocals included).
 
@@ -71,6 +72,9 @@ def build_model(
     not depend on it, so any partition starts from the same parameters. ``modalities`` are read
     for those rows only, through ``read_features``. ``table_dtype`` stores the structural entity
     table (bfloat16: half the memory, for the sampled objective's row updates; structural models and MAP).
+    ``seen`` (N,) bool: the entities of some train triple (``cfg.cold``: the others are ranked from
+    their features; None: every entity is taken as seen); only a multimodal model reads it, and only
+    its rows [lo, hi).
     """
     modalities = list(modalities or [])
     interaction = interaction_for(cfg, len(modalities))
@@ -87,6 +91,10 @@ def build_model(
         "features": features,
         "fusion": kind,
         "fusion_weights": fusion_weights(cfg, modalities),
+        "seen": seen[lo:hi] if seen is not None else None,
+        "unseen": cfg.cold.unseen,
+        "dropout": cfg.cold.dropout,
+        "negatives": cfg.cold.negatives,
     }
     if cfg.name == "otkge":
         anchors = {m: first_present(read_features, m, num_entities, cfg.otkge.anchors) for m in modalities}

@@ -21,7 +21,7 @@ from distmap.config import Config
 from distmap.data.batches import QueryGroups
 from distmap.data.hygiene import KEY as HYGIENE_KEY
 from distmap.data.hygiene import LEAKY_VALID_SHARE, split_hygiene
-from distmap.data.kg import KnowledgeGraph, add_reciprocals
+from distmap.data.kg import KnowledgeGraph, add_reciprocals, entity_degrees
 from distmap.data.manifest import MANIFEST, read_manifest
 from distmap.data.shards import FeatureShards
 from distmap.distributed.sharded import sampled_step
@@ -31,6 +31,7 @@ from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import FeatureReader, build_model
 from distmap.plots import training_curve
 from distmap.track import Tracker
+from distmap.train.breakdown import Breakdown, breakdown_of
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
 from distmap.train.loop import EpochStats, StepLoss, local_step, run_epoch
@@ -52,6 +53,7 @@ class FitResult:
     valid: EvalResult
     test: EvalResult
     history: list[dict[str, Any]]
+    breakdown: Breakdown | None = None  # of the test split, on the chief (None on other workers)
 
 
 def run_name(cfg: Config) -> str:
@@ -81,6 +83,15 @@ def feature_reader(root: Path, modalities: list[str]) -> FeatureReader:
         return FeatureRows(torch.from_numpy(block.values), torch.from_numpy(block.mask), block.parts_read)
 
     return read
+
+
+def train_seen(cfg: Config, train: Tensor, num_entities: int) -> Tensor | None:
+    """(N,) bool: the entities of some line of ``train``, where the model ranks the others from their
+    features (``model.cold.unseen: projection``); else None. A worker holding a share of the train
+    triples passes its share and sums the degrees (``entity_degrees``) itself."""
+    if not cfg.data.modalities or cfg.model.cold.unseen != "projection":
+        return None
+    return entity_degrees(train, num_entities) > 0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,7 +180,13 @@ def training_groups(
         frequency_class_weights(examples, num_entities).to(device) if cfg.train.class_weights == "frequency" else None
     )
     objective = Objective(
-        cfg.train.regularizer, cfg.train.reg_weight, cfg.train.label_smoothing, weights, alignment_terms(cfg.align)
+        cfg.train.regularizer,
+        cfg.train.reg_weight,
+        cfg.train.label_smoothing,
+        weights,
+        alignment_terms(cfg.align),
+        cfg.model.cold.loss,
+        cfg.model.cold.weight,
     )
     return QueryGroups.build(examples, grouped=cfg.train.loop == "grouped"), objective
 
@@ -261,6 +278,7 @@ class LocalEngine:
             modalities=cfg.data.modalities,
             read_features=feature_reader(kg.root, cfg.data.modalities),
             table_dtype=getattr(torch, cfg.train.table_dtype),
+            seen=train_seen(cfg, kg.train, kg.num_entities),
         ).to(device)
         self.optimizer = make_optimizer(cfg.train.optimizer, self.model, cfg.train.lr, cfg.train.objective == "sampled")
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -364,9 +382,17 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
         train_epochs(engine, cfg, progress, tracker, log, probe)
         engine.use_best()
         valid, test = engine.evaluate("valid"), engine.evaluate("test")
-        if chief:
-            tracker.log_metrics({"best_epoch": progress.best_epoch, **{f"test/{k}": v for k, v in test.flat().items()}})
-            for path in _write_outputs(run_dir, cfg, progress, valid, test, name):
+        # the counts are all-reduced already: the chief's breakdown of them is the one of P = 1
+        buckets = breakdown_of(engine.kg, test, "test") if chief else None
+        if buckets is not None:
+            tracker.log_metrics(
+                {
+                    "best_epoch": progress.best_epoch,
+                    **{f"test/{k}": v for k, v in test.flat().items()},
+                    **buckets.flat("test"),
+                }
+            )
+            for path in _write_outputs(run_dir, cfg, progress, valid, test, name, buckets):
                 tracker.log_artifact(path)
     except BaseException:
         tracker.finish("FAILED")
@@ -375,8 +401,9 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
     log(
         f"best epoch {progress.best_epoch} (valid {SELECTION_METRIC} {progress.best_mrr:.4f})\n"
         f"test ({cfg.train.tie} ties):\n{test.table()}"
+        + (f"\n{buckets.table(relations=10)}" if buckets is not None else "")
     )
-    return FitResult(run_dir, progress.best_epoch, valid, test, progress.history)
+    return FitResult(run_dir, progress.best_epoch, valid, test, progress.history, buckets)
 
 
 @dataclass(frozen=True)
@@ -469,7 +496,13 @@ def train_epochs(
 
 
 def _write_outputs(
-    run_dir: Path, cfg: Config, progress: Progress, valid: EvalResult, test: EvalResult, name: str
+    run_dir: Path,
+    cfg: Config,
+    progress: Progress,
+    valid: EvalResult,
+    test: EvalResult,
+    name: str,
+    buckets: Breakdown,
 ) -> list[Path]:
     metrics = {
         "run": name,
@@ -488,6 +521,8 @@ def _write_outputs(
         "test_both_by_tie": {
             tie: test.with_tie(tie).metrics["both"] for tie in ("optimistic", "realistic", "pessimistic")
         },
+        # degree buckets and categories; every relation's numbers are in breakdown.json / .md
+        "breakdown": buckets.to_dict(relations=False),
     }
     if cfg.track.probe_entities:
         metrics["probe"] = {
@@ -497,4 +532,4 @@ def _write_outputs(
     metrics_path = run_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     curve = training_curve(progress.history, run_dir / "training_curve.png", name)
-    return [run_dir / "config.yaml", metrics_path, curve]
+    return [run_dir / "config.yaml", metrics_path, curve, *buckets.write(run_dir)]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distmap.models.model import EntityViews, KGEModel
+from distmap.models.model import EntityViews, KGEModel, step_key
 
 Reduce = Callable[[Tensor, str], Tensor]
 """In-place reduction of a per-query tensor over the workers holding the candidates; ``"sum"`` or ``"max"``."""
@@ -155,6 +155,17 @@ class Objective:
     label_smoothing: float = 0.0
     class_weight: Tensor | None = None
     terms: tuple[LossTerm, ...] = ()
+    # Structural-view dropout (``ColdConfig``, on where the model's ``structure_dropout`` > 0): "twin"
+    # adds this objective over the step's rows with some structural views dropped, times
+    # ``twin_weight``, to the full one; "replace" trains on the dropped rows alone.
+    dropout_loss: str = "twin"
+    twin_weight: float = 1.0
+
+    def dropout_key(self, model: KGEModel, ids: Tensor) -> tuple[int | None, bool]:
+        """(the step's dropout key or None, whether the dropped rows replace the full ones)."""
+        if not model.structure_dropout:
+            return None, False
+        return step_key(ids), self.dropout_loss == "replace"
 
     def extra(self, model: KGEModel, views: EntityViews, rows: Tensor) -> Tensor:
         """The model's auxiliary loss and every term over ``rows`` (local rows of the step's entities)."""
