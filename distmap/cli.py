@@ -221,8 +221,13 @@ def _report(args: argparse.Namespace) -> None:
         if args.breakdown:
             from distmap.report import breakdown_table
 
-            for group in ("answer_deg", "query_deg"):
-                print(f"\nMRR (share of queries) by the {group.replace('_deg', '')} entity's train degree:")
+            titles = {
+                "answer_deg": "by the answer entity's train degree",
+                "query_deg": "by the query entity's train degree",
+                "cold": "warm queries and those with a cold (train-unseen) entity",
+            }
+            for group, title in titles.items():
+                print(f"\nMRR (share of queries) {title}:")
                 print(breakdown_table(runs, group))
     elif args.breakdown:
         raise DistmapError("--breakdown reads run folders: give them (distmap report RUNS --breakdown)")

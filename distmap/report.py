@@ -98,14 +98,15 @@ def results_table(runs: list[dict[str, Any]]) -> str:
 
 def breakdown_table(runs: list[dict[str, Any]], group: str = "answer_deg") -> str:
     """Markdown: one row per run with a breakdown in its metrics.json (``distmap train`` writes it),
-    the MRR of each bucket of ``group`` ("answer_deg" or "query_deg") and its share of the queries.
+    the MRR of each bucket of ``group`` ("answer_deg", "query_deg" or "cold") and its share of the queries.
     Runs trained before the breakdown existed are listed as such."""
     with_buckets = {id(r) for r in runs if r.get("breakdown", {}).get("groups", {}).get(group)}
     labels: list[str] = []
     for run in runs:
         if id(run) in with_buckets:
             labels += [b["bucket"] for b in run["breakdown"]["groups"][group] if b["bucket"] not in labels]
-    header = "| run | dataset | model | seed | MRR | " + " | ".join(f"deg {label}" for label in labels) + " |"
+    named = (lambda label: label) if group == "cold" else (lambda label: f"deg {label}")
+    header = "| run | dataset | model | seed | MRR | " + " | ".join(named(label) for label in labels) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for run in sorted(runs, key=lambda r: (r["dataset"], r.get("label") or r["model"], r.get("seed", 0))):
         name = run.get("run", "?")

@@ -12,6 +12,7 @@ every candidate in one process.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from distmap.config import Config
-from distmap.data.kg import KnowledgeGraph
+from distmap.data.kg import KnowledgeGraph, entity_degrees
 from distmap.distributed.shard_checkpoint import COMMON, load_rows, newest_checkpoint, row_files
 from distmap.errors import DataError
 from distmap.models.model import KGEModel
@@ -104,7 +105,8 @@ def scored_rows(best: BestCheckpoint, cfg: Config, lo: int, hi: int) -> Tensor:
     if not cfg.data.modalities:
         return rows
     root = Path(cfg.data.path)
-    needs_seen = cfg.model.cold.unseen == "projection"  # the train triples say which rows are placed
+    # The train triples say which rows have a structural view (``model.cold.unseen: projection``).
+    needs_seen = bool(cfg.data.modalities) and cfg.model.cold.unseen == "projection"
     model = build_model(
         cfg.model,
         best.num_entities,
@@ -112,13 +114,21 @@ def scored_rows(best: BestCheckpoint, cfg: Config, lo: int, hi: int) -> Tensor:
         entity_range=(lo, hi),
         modalities=cfg.data.modalities,
         read_features=feature_reader(root, cfg.data.modalities),
-        seen=train_seen(cfg, KnowledgeGraph.load(root).train, best.num_entities) if needs_seen else None,
+        seen=_train_seen(root) if needs_seen else None,
     )
     with torch.no_grad():  # structural rows outside the range (OTKGE's anchors) come from the checkpoint
         fused = _load(model, best, rows).views(
             lambda ids: torch.cat([entity_rows(best, i, i + 1) for i in ids.tolist()])
         )
         return fused.fused
+
+
+@functools.lru_cache(maxsize=2)
+def _train_seen(root: Path) -> Tensor:
+    """(N,) bool: the entities of some train triple of the dataset at ``root`` (``train_seen``), read
+    once for all the ranges an export goes through."""
+    kg = KnowledgeGraph.load(root)
+    return entity_degrees(kg.train, kg.num_entities) > 0
 
 
 def load_best_model(run_dir: Path, cfg: Config, kg: KnowledgeGraph, device: torch.device) -> tuple[KGEModel, int]:

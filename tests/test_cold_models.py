@@ -85,6 +85,10 @@ def test_dropout_fuses_the_drawn_rows_without_structure() -> None:
     torch.testing.assert_close(dropped.fused[gone], model.unseen_rows({"text": text[gone]}))
     torch.testing.assert_close(dropped.fused[~gone], full.fused[~gone])
     assert model.structure_dropout == 0.5
+    # the views of some rows (the sampled objective's touched rows) drop what the whole block drops
+    local = torch.tensor([1, 4, 5, 8])
+    some = model.row_views(model.structure()[local], local, drop=99)
+    torch.testing.assert_close(some.fused, dropped.fused[local])
 
 
 def test_unseen_rows_errors() -> None:

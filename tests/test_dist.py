@@ -78,6 +78,7 @@ class PerRange:
                 {m: v[a:b] for m, v in views.projected.items()},
                 {m: v[a:b] for m, v in views.present.items()},
                 {m: v[a:b] for m, v in views.features.items()},
+                structured=None if views.structured is None else views.structured[a:b],
             )
             total = total + self.term(part, rows[(rows >= a) & (rows < b)] - a)
         return total / len(self.ranges)  # P workers average their terms

@@ -130,7 +130,8 @@ class MultimodalModel(KGEModel):
         structured = self.structured[local]
         placed = structured
         if drop is not None and self.dropout:
-            ids = self.entities.lo + torch.arange(len(structure), device=structure.device)[local]
+            rows = torch.arange(len(structure), device=structure.device) if isinstance(local, slice) else local
+            ids = self.entities.lo + rows  # global ids: the draw must not depend on which rows are asked
             placed = structured & ~(dropped_rows(ids, drop, self.dropout) & self.has_feature[local])
         fused = self.fusion([structure, *projected.values()], [placed, *present.values()])
 

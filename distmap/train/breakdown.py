@@ -11,6 +11,8 @@ sharded run the counts are already all-reduced, and the chief's breakdown is the
 - **Degree buckets** from edges e0 < e1 < ... < ek: [0, e0], (e0, e1], ..., (ek, inf). The
   default (0, 3, 10) gives "0", "1-3", "4-10", ">10". MLflow allows no ">" in a metric name, so
   the last bucket's key there is "gt10" (``test/answer_deg_gt10/mrr``).
+- **Cold start**: "warm" queries have both entities in some train triple; "answer cold", "query
+  cold" and "both cold" the others (a cold-start split's targets are stated on these buckets).
 - **Categories** (Bordes et al. 2013, with their 1.5 threshold): per relation, over its unique
   train triples, tails per head = triples / distinct heads (the mean number of tails of an (h, r)
   pair) and heads per tail = triples / distinct tails. "1" below 1.5, "N" from 1.5 on: heads per
@@ -77,11 +79,14 @@ BREAKDOWN_MD = "breakdown.md"
 GROUPS = (
     ("answer_deg", "answer degree"),
     ("query_deg", "query degree"),
+    ("cold", "cold start"),
     ("category", "category"),
     ("relation", "relation"),
 )
 #: groups logged as metrics; per-relation numbers stay in the table and JSON (FB-IMG has 1,231 relations)
-METRIC_GROUPS = ("answer_deg", "query_deg", "category")
+METRIC_GROUPS = ("answer_deg", "query_deg", "cold", "category")
+#: the ``cold`` group: which of a query's two entities (the one given, the one asked for) has no train triple
+COLD_BUCKETS = (("warm", "warm"), ("answer cold", "answer"), ("query cold", "query"), ("both cold", "both"))
 METRICS = ("mrr", "hits@1", "hits@10")
 
 
@@ -209,7 +214,8 @@ class Bucket:
 @dataclass(frozen=True)
 class Breakdown:
     """Filtered metrics of one split's queries (both directions pooled) per bucket of each group:
-    ``answer_deg``, ``query_deg`` (train degree buckets of ``edges``), ``category``, ``relation``."""
+    ``answer_deg``, ``query_deg`` (train degree buckets of ``edges``), ``cold`` (warm: both entities
+    in some train triple; answer / query / both cold), ``category``, ``relation``."""
 
     split: str
     tie: TieBreak
@@ -222,7 +228,7 @@ class Breakdown:
         return self.overall.queries
 
     def group(self, name: str) -> dict[str, Bucket]:
-        """Buckets of ``name`` ("answer_deg", "query_deg", "category", "relation") by label."""
+        """Buckets of ``name`` ("answer_deg", "query_deg", "cold", "category", "relation") by label."""
         return {b.label: b for b in self.groups[name]}
 
     def flat(self, prefix: str | None = None) -> dict[str, float]:
@@ -404,6 +410,11 @@ def breakdown(
         deg = degrees[entity]
         inside = [(deg >= b.lo) & (deg <= b.hi) if b.hi is not None else deg >= b.lo for b in buckets]
         groups[name] = tuple(_bucket(b.label, b.key, ranks[m], total) for b, m in zip(buckets, inside, strict=True))
+    seen_answer, seen_query = degrees[q.answer] > 0, degrees[q.query] > 0
+    masks = (seen_answer & seen_query, ~seen_answer & seen_query, seen_answer & ~seen_query, ~seen_answer & ~seen_query)
+    groups["cold"] = tuple(
+        _bucket(label, key, ranks[m], total) for (label, key), m in zip(COLD_BUCKETS, masks, strict=True)
+    )
     category = categories[q.relation] if total else np.array([], dtype=object)
     labels = [*CATEGORIES, *([UNSEEN] if (category == UNSEEN).any() else [])]
     groups["category"] = tuple(_bucket(c, c, ranks[category == c], total) for c in labels)
