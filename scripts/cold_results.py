@@ -11,6 +11,7 @@ triple), and answers seen 1–3, 4–10, > 10 times.
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ COLUMNS = (  # (header, group, bucket label)
 
 
 def cell(values: list[float]) -> str:
+    if any(math.isnan(v) for v in values):  # an empty bucket (no cold entity in the dataset)
+        return "—"
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
