@@ -106,7 +106,7 @@ def scored_rows(best: BestCheckpoint, cfg: Config, lo: int, hi: int) -> Tensor:
         return rows
     root = Path(cfg.data.path)
     # The train triples say which rows have a structural view (``model.cold.unseen: projection``).
-    needs_seen = bool(cfg.data.modalities) and cfg.model.cold.unseen == "projection"
+    needs_seen = cfg.model.cold.unseen == "projection"
     model = build_model(
         cfg.model,
         best.num_entities,

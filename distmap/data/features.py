@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from distmap.data.kg import read_names
-from distmap.data.manifest import read_manifest, sha256_file, write_manifest, write_parquet
+from distmap.data.kg import checked_file, read_names
+from distmap.data.manifest import read_manifest, write_manifest, write_parquet
 from distmap.data.prepare import EXAMPLES, Log
 from distmap.data.shards import check_modality_name, write_feature_shards
 from distmap.data.tsv import TsvReader, read_header
@@ -181,11 +181,7 @@ def read_labels(dataset_root: str | Path) -> EntityLabels | None:
     entry = manifest.get(LABELS_KEY)
     if entry is None:
         return None
-    path = root / entry["file"]
-    if not path.is_file():
-        raise DataError(path, "labels file listed in the manifest is missing")
-    if sha256_file(path) != entry["sha256"]:
-        raise DataError(path, "checksum mismatch with manifest.json: the file changed after it was written")
+    path = checked_file(root, entry)
     table = pq.read_table(path, columns=["id", "label"])
     ids = table.column("id").to_numpy()
     if len(ids) != manifest["num_entities"] or not np.array_equal(ids, np.arange(len(ids))):

@@ -114,7 +114,7 @@ def read_names(root: Path, manifest: dict[str, Any], table: str, *, verify: bool
 def name_column(root: Path, manifest: dict[str, Any], table: str, *, verify: bool = True) -> pa.ChunkedArray:
     """`read_names` as an Arrow column: row i = id i, about a byte per character (no Python strings),
     for readers that go over a large table range by range."""
-    path = _checked_file(root, manifest[table], verify)
+    path = checked_file(root, manifest[table], verify)
     data = _read_parquet(path, ["id", "name"])
     ids = data.column("id").to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
@@ -129,7 +129,7 @@ def _read_triples(
     root: Path, manifest: dict[str, Any], split: str, num_entities: int, num_relations: int, *, verify: bool
 ) -> torch.Tensor:
     entry = manifest["splits"][split]
-    path = _checked_file(root, entry, verify)
+    path = checked_file(root, entry, verify)
     data = _read_parquet(path, ["h", "r", "t"])
     triples = np.stack([data.column(c).to_numpy() for c in ("h", "r", "t")], axis=1).astype(np.int64)
     if len(triples) != entry["triples"]:
@@ -144,12 +144,13 @@ def _check_range(path: Path, ids: np.ndarray, size: int, kind: str) -> None:
         raise DataError(path, f"{kind} id out of range [0, {size}): min {ids.min()}, max {ids.max()}")
 
 
-def _checked_file(root: Path, entry: dict[str, Any], verify: bool) -> Path:
+def checked_file(root: Path, entry: dict[str, Any], verify: bool = True) -> Path:
+    """The file a manifest entry lists, there and (``verify``) with the checksum the manifest records."""
     path = root / entry["file"]
     if not path.is_file():
         raise DataError(path, "file listed in the manifest is missing")
     if verify and sha256_file(path) != entry["sha256"]:
-        raise DataError(path, "checksum mismatch with manifest.json: the file changed after prepare")
+        raise DataError(path, "checksum mismatch with manifest.json: the file changed after it was written")
     return path
 
 
