@@ -78,7 +78,8 @@ def test_unseen_entities_are_their_projected_features(fusion: str) -> None:
 def test_dropout_fuses_the_drawn_rows_without_structure() -> None:
     seen = torch.ones(N, dtype=torch.bool)
     model = tiny_model(ColdConfig(unseen="projection", dropout=0.5), seen)
-    full, dropped = model.views(), model.views(drop=99)
+    full = model.views()
+    dropped = model.twin_views(full, 99)
     gone = dropped_rows(torch.arange(N), 99, 0.5) & model.has_feature
     assert 0 < int(gone.sum()) < N
     text, _ = model.feature_rows("text")
@@ -87,7 +88,7 @@ def test_dropout_fuses_the_drawn_rows_without_structure() -> None:
     assert model.structure_dropout == 0.5
     # the views of some rows (the sampled objective's touched rows) drop what the whole block drops
     local = torch.tensor([1, 4, 5, 8])
-    some = model.row_views(model.structure()[local], local, drop=99)
+    some = model.twin_views(model.row_views(model.structure()[local], local), 99)
     torch.testing.assert_close(some.fused, dropped.fused[local])
 
 

@@ -147,7 +147,7 @@ def direct(size: int, multimodal: bool = False, cold: bool = False) -> dict[str,
 
     loss = objective(model.views().fused)
     if cold:
-        loss = loss + objective(model.views(drop=step_key(ids)).fused)
+        loss = loss + objective(model.twin_views(model.views(), step_key(ids)).fused)
     loss.backward()
     return {"loss": loss.item(), "grad": model.entities.weight.grad, **replicated_grads(model)}
 

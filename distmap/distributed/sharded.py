@@ -70,15 +70,15 @@ def shared_rows(mine: Tensor, owned: Tensor, count: int) -> Tensor:
     return all_reduce_sum_with_grad(local)
 
 
-def sharded_views(model: KGEModel, drop: int | None = None) -> EntityViews:
+def sharded_views(model: KGEModel) -> EntityViews:
     """This worker's block in every view; structural rows a model needs from elsewhere (OTKGE's
-    anchors) come from their owners, without gradient. ``drop``: a structural-view dropout key."""
+    anchors) come from their owners, without gradient."""
     table = model.entities
 
     def fetch(ids: Tensor) -> Tensor:
         return replicated_rows(table.weight.detach(), table.lo, ids)
 
-    return model.views(fetch, drop)
+    return model.views(fetch)
 
 
 def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> StepLoss:
@@ -104,7 +104,9 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
     def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch = groups.select(ids).to(device)
         drop, replace = objective.dropout_key(model, ids)
-        views = sharded_views(model, drop if replace else None)
+        views = sharded_views(model)
+        twin = model.twin_views(views, drop) if drop is not None else None
+        views = twin if replace else views
         fit, penalty = fit_on(views, batch)
         entities = batch.entities()
         mine = entities[(entities >= lo) & (entities < hi)] - lo  # alignment etc. on this worker's own rows
@@ -112,8 +114,8 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
         # mean over the workers is the objective's term, so its weight does not grow with P.
         local = penalty + objective.extra(model, views, mine) / size
         shared = fit
-        if drop is not None and not replace:  # the twin: the same step with some structural views dropped
-            twin_fit, twin_penalty = fit_on(sharded_views(model, drop), batch)
+        if twin is not None and not replace:  # the twin: the same step with some structural views dropped
+            twin_fit, twin_penalty = fit_on(twin, batch)
             shared = shared + objective.twin_weight * twin_fit
             local = local + objective.twin_weight * twin_penalty
         logged = shared.detach() + all_reduce_(local.detach().clone())
@@ -174,14 +176,16 @@ def sampled_step(
             factors = model.interaction.factors(h_emb[pair_query], r_emb[pair_query], t_emb[share])
             return fit, objective.penalty(factors, num_pairs)
 
-        views = model.row_views(leaf, touched - lo, drop if replace else None)  # (M, d') fused rows of the touched
+        views = model.row_views(leaf, touched - lo)  # (M, d') fused rows of the touched entities
+        twin = model.twin_views(views, drop) if drop is not None else None
+        views = twin if replace else views
         fit, penalty = fit_on(views)
         entities = batch.entities()
         mine = torch.searchsorted(touched, entities[(entities >= lo) & (entities < hi)])  # rows of ``views``
         local = penalty + objective.extra(model, views, mine) / size
         shared = fit
-        if drop is not None and not replace:  # the twin: the same step with some structural views dropped
-            twin_fit, twin_penalty = fit_on(model.row_views(leaf, touched - lo, drop))
+        if twin is not None and not replace:  # the twin: the same step with some structural views dropped
+            twin_fit, twin_penalty = fit_on(twin)
             shared = shared + objective.twin_weight * twin_fit
             local = local + objective.twin_weight * twin_penalty
         logged = shared.detach() + all_reduce_(local.detach().clone())

@@ -91,6 +91,8 @@ class EntityViews:
     # (M,) bool: rows with a trained structural row (``ColdConfig.unseen: projection`` leaves an entity
     # with no train triple without one); terms that use the structural rows as a target skip the others.
     structured: Tensor | None = None
+    # (M,) local rows of the block these views hold (the sampled objective's touched rows); None: all of it
+    rows: Tensor | None = None
 
     def with_structure(self, rows: Tensor) -> Tensor:
         """The rows of ``rows`` whose structural row is real (all of them by default)."""
@@ -157,13 +159,12 @@ class KGEModel(nn.Module):
     def num_entities(self) -> int:
         return self.entities.num_total
 
-    def views(self, fetch: RowFetch | None = None, drop: int | None = None) -> EntityViews:
+    def views(self, fetch: RowFetch | None = None) -> EntityViews:
         """This model's rows in every view; a structural model's fused rows are its table (no copy).
 
         ``fetch`` gives structural rows outside this block (a model that needs some, e.g. OTKGE's
         anchor entities, uses it; the default reads the local table). A bfloat16 table is read as
-        float32 (a copy: evaluation and the exact objective compute in float32). ``drop``: the step
-        key of a structural-view dropout (``ColdConfig``); a model without features has none.
+        float32 (a copy: evaluation and the exact objective compute in float32).
         """
         weight = self.structure()
         return EntityViews(self.entities.lo, weight, weight)
@@ -172,6 +173,12 @@ class KGEModel(nn.Module):
     def structure_dropout(self) -> float:
         """The share of rows whose structural view a training step drops (``ColdConfig.dropout``)."""
         return 0.0
+
+    def twin_views(self, views: EntityViews, drop: int) -> EntityViews:
+        """``views`` with the rows the step ``drop`` picks fused without their structural view
+        (``ColdConfig.dropout``), from the same structural and projected rows: nothing is projected twice.
+        A model without features drops nothing."""
+        return views
 
     def training_scores(self, scores: Tensor, local: Tensor | slice = slice(None)) -> Tensor:
         """Scores (Q, k) against the block's rows ``local`` as the training softmax sees them: all of
@@ -190,7 +197,7 @@ class KGEModel(nn.Module):
         weight = self.entities.weight
         return weight.float() if weight.dtype == torch.bfloat16 else weight
 
-    def row_views(self, structure: Tensor, local: Tensor, drop: int | None = None) -> EntityViews:
+    def row_views(self, structure: Tensor, local: Tensor) -> EntityViews:
         """Some rows in every view, built from their structural rows ``structure`` (k, d) (gathered by
         the caller, e.g. the sampled objective's touched rows) and their local indices ``local`` (k,):
         work in k, not in the block. A structural model scores its structural rows."""
@@ -221,12 +228,12 @@ class KGEModel(nn.Module):
         return self.scorer()(h, r, lo, hi)
 
     def forward(
-        self, batch: Batch, drop: int | None = None
+        self, batch: Batch, views: EntityViews | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor], EntityViews]:
         """kbc's forward: scores (Q, N) of every query against all local entities, the N3 factors
         of every (query, tail) pair (so the penalty counts a query once per triple), and the views
-        the loss terms read (``drop``: the step key of a structural-view dropout)."""
-        views = self.views(drop=drop)
+        the loss terms read (``views``: the block's views to score, default ``self.views()``)."""
+        views = self.views() if views is None else views
         h, r = batch.queries.unbind(1)
         # One gather for heads and tails: each gather's backward zero-fills a block-sized gradient.
         rows = views.fused[torch.cat([h, batch.tails]) - views.lo]

@@ -9,6 +9,7 @@ are replicated like the relations.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,11 +100,21 @@ class MultimodalModel(KGEModel):
         """Feature rows of modality ``name`` in the entity space."""
         return self.projections[name](values)
 
-    def views(self, fetch: RowFetch | None = None, drop: int | None = None) -> EntityViews:
-        return self._views(self.structure(), slice(None), fetch, drop)
+    def views(self, fetch: RowFetch | None = None) -> EntityViews:
+        return self._views(self.structure(), slice(None), fetch)
 
-    def row_views(self, structure: Tensor, local: Tensor, drop: int | None = None) -> EntityViews:
-        return self._views(structure, local, None, drop)
+    def row_views(self, structure: Tensor, local: Tensor) -> EntityViews:
+        return self._views(structure, local, None)
+
+    def twin_views(self, views: EntityViews, drop: int) -> EntityViews:
+        if not self.dropout:
+            return views
+        local = slice(None) if views.rows is None else views.rows
+        rows = torch.arange(len(views.structure), device=views.structure.device) if views.rows is None else views.rows
+        ids = self.entities.lo + rows  # global ids: the draw must not depend on which rows are asked
+        placed = views.structured & ~(dropped_rows(ids, drop, self.dropout) & self.has_feature[local])
+        fused = self.fusion([views.structure, *views.projected.values()], [placed, *views.present.values()])
+        return dataclasses.replace(views, fused=fused)
 
     @property
     def structure_dropout(self) -> float:
@@ -114,13 +125,12 @@ class MultimodalModel(KGEModel):
             return scores
         return scores.masked_fill(self.excluded[local][None, :], float("-inf"))
 
-    def _views(self, structure: Tensor, local: Tensor | slice, fetch: RowFetch | None, drop: int | None) -> EntityViews:
+    def _views(self, structure: Tensor, local: Tensor | slice, fetch: RowFetch | None) -> EntityViews:
         """The views of the rows ``local`` of the block (all of them: ``slice(None)``, no copy).
 
         Only the whole block's views re-project the rows a loss term uses (``project_rows``): a term
         indexing the block's projected view would back-propagate a dense block-sized gradient. Views
         of selected rows are already that small, so terms index them and nothing is projected twice.
-        ``drop`` (a step key): the rows ``dropped_rows`` picks are fused without their structural view.
         """
         features, present, projected = {}, {}, {}
         for name in self.modalities:
@@ -128,18 +138,14 @@ class MultimodalModel(KGEModel):
             features[name], present[name] = values[local], mask[local]
             projected[name] = self.project(name, features[name], fetch)
         structured = self.structured[local]
-        placed = structured
-        if drop is not None and self.dropout:
-            rows = torch.arange(len(structure), device=structure.device) if isinstance(local, slice) else local
-            ids = self.entities.lo + rows  # global ids: the draw must not depend on which rows are asked
-            placed = structured & ~(dropped_rows(ids, drop, self.dropout) & self.has_feature[local])
-        fused = self.fusion([structure, *projected.values()], [placed, *present.values()])
+        fused = self.fusion([structure, *projected.values()], [structured, *present.values()])
 
         def project_rows(name: str, rows: Tensor) -> Tensor:
             return self.project(name, features[name][rows], fetch)
 
         rowwise = project_rows if self.rowwise_projection and isinstance(local, slice) else None
-        return EntityViews(self.entities.lo, structure, fused, projected, present, features, rowwise, structured)
+        rows = None if isinstance(local, slice) else local
+        return EntityViews(self.entities.lo, structure, fused, projected, present, features, rowwise, structured, rows)
 
     def unseen_rows(self, features: dict[str, Tensor]) -> Tensor:
         """Fused rows (k, d') of k entities that have no structural row (new after training, or never
@@ -225,8 +231,8 @@ class TBKGEModel(MultimodalModel):
     projection into the common space (a linear projection of the concatenated features, with an
     absent modality dropped), side by side for ``MultiViewTransE`` with a relation per view."""
 
-    def views(self, fetch: RowFetch | None = None, drop: int | None = None) -> EntityViews:
-        views = super().views(fetch, drop)
+    def views(self, fetch: RowFetch | None = None) -> EntityViews:
+        views = super().views(fetch)
         combined = sum(views.projected[m] * views.present[m][:, None] for m in self.modalities)
         any_present = torch.stack(list(views.present.values())).any(0)
         views.fused = self.fusion([views.structure, combined], [any_present.new_ones(len(combined)), any_present])

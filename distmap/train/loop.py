@@ -42,11 +42,13 @@ def local_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> St
     def loss(ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         batch = groups.select(ids).to(device)
         drop, replace = objective.dropout_key(model, ids)
-        scores, factors, views = model(batch, drop if replace else None)
+        views = model.views()
+        twin = model.twin_views(views, drop) if drop is not None else None
+        scores, factors, views = model(batch, twin if replace else views)
         total, fit = objective(scores, batch.pair_query, batch.tails, factors)
         total = total + objective.extra(model, views, batch.entities() - views.lo)
-        if drop is not None and not replace:  # the twin: the same step with some structural views dropped
-            scores, factors, _ = model(batch, drop)
+        if twin is not None and not replace:  # the twin: the same step with some structural views dropped
+            scores, factors, _ = model(batch, twin)
             total = total + objective.twin_weight * objective(scores, batch.pair_query, batch.tails, factors)[0]
         return total, total.detach(), fit.detach()
 
