@@ -14,9 +14,9 @@ count only, and full OT's per step as well (N^2 cost entries, a plan whose solve
 
 Full OT is measured while its predicted plan time stays under ``--budget`` seconds and its N x N
 matrices fit in ``--max-gib``; larger N are extrapolated from a power law fitted to the measured
-points (log-log least squares) and marked so. Results print as a markdown table, go to
-``--json`` and, as metrics with step = N, to the MLflow run ``align-cost`` of experiment
-``benchmarks`` (``distmap report`` draws the figure from there).
+points (log-log least squares) and marked so. Results print as a markdown table, go to the run's
+record (``benchmarks/record.py``; ``--json`` writes a copy) and, as metrics with step = N, to the
+MLflow run ``align-cost`` of experiment ``benchmarks`` (``distmap report`` draws the figure from there).
 
     python benchmarks/align_cost.py [--sizes 1000,3000,6555,10000,30000,100000,300000,1000000]
         [--threads 1] [--budget 120] [--max-gib 4] [--repeats 3] [--tracking-uri sqlite:///mlflow.db]
@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_speed import cpu_name, median_time  # benchmarks/ is on the path when run as a script
+from record import cpu_name, recorded
+from train_speed import median_time  # benchmarks/ is on the path when run as a script
 
 from distmap.align.terms import FullAlignment, MinibatchAlignment, alignment_terms
 from distmap.config import Config, TrackConfig, load_config
@@ -131,10 +132,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=120.0, help="largest predicted full-OT plan time measured (s)")
     parser.add_argument("--max-gib", type=float, default=4.0, help="largest N x N float32 matrix measured (GiB)")
-    parser.add_argument("--json", default=str(REPO / "docs/figures/align_cost.json"))
+    parser.add_argument("--json", default=None, help="also write the values here (the record has them)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    with recorded("align_cost", args) as record:
+        measure(args, record.values)
+
+
+def measure(args: argparse.Namespace, values: dict) -> None:
 
     overrides = ["data.path=unused"]
     map_cfg = load_config(args.map_config, overrides)
@@ -199,8 +205,10 @@ def main() -> None:
         "reuse_power_law": reuse_fit,
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(out, indent=2), encoding="utf-8")
+    values.update(out)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2), encoding="utf-8")
     log_mlflow(rows, out, args)
 
 
@@ -250,7 +258,8 @@ def log_mlflow(rows: list[dict], out: dict, args: argparse.Namespace) -> None:
             },
             step=r["entities"],
         )
-    tracker.log_artifact(Path(args.json))
+    if args.json:
+        tracker.log_artifact(Path(args.json))
     tracker.finish()
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from record import recorded  # benchmarks/ is on the path when run as a script
 
 from distmap.config import config_from_dict
 from distmap.data.prepare import prepare_dataset
@@ -120,6 +121,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4, help="row files = workers of the run (default: 4)")
     parser.add_argument("--chunk-rows", type=int, default=16384, help="export's rows per read (default: 16384)")
     args = parser.parse_args()
+    with recorded("export_memory", args) as record:
+        measure(args, record.values)
+
+
+def measure(args: argparse.Namespace, values: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="distmap-export-bench-") as tmp:
         run_dir = build(Path(tmp) / "big", args.rows, args.dim, args.files)
         warm_up_dir = build(Path(tmp) / "small", 1000, args.dim, args.files)
@@ -127,6 +133,13 @@ def main() -> None:
         fixed, export_growth = in_fresh_process(export_case, run_dir, warm_up_dir, args.chunk_rows)
         whole_growth = in_fresh_process(whole_table_case, run_dir, args.rows)
     table = args.rows * args.dim * 4
+    values.update(
+        table_bytes=table,
+        row_file_bytes=row_file,
+        fixed_growth_bytes=fixed,
+        export_growth_bytes=export_growth,
+        whole_table_growth_bytes=whole_growth,
+    )
     print(
         f"{args.rows:,} entities x {args.dim} float32 in {args.files} row files; "
         f"export reads {args.chunk_rows:,} rows at a time"

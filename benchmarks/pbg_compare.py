@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
+from record import cpu_name, recorded  # benchmarks/ is on the path when run as a script
 
 from distmap.config import config_from_dict
 from distmap.data.kg import KnowledgeGraph
@@ -214,7 +214,7 @@ def synthetic(work: Path, entities: int, edges: int, relations: int, seed: int =
     return work / "dataset"
 
 
-def speed(args: argparse.Namespace, s: Setting) -> None:
+def speed(args: argparse.Namespace, s: Setting, values: dict[str, Any]) -> None:
     dataset = synthetic(args.work, args.entities, args.edges, args.relations)
     kg = KnowledgeGraph.load(dataset)
     print(
@@ -228,13 +228,14 @@ def speed(args: argparse.Namespace, s: Setting) -> None:
     )
     seconds = ours["epoch_seconds"][0]
     edges = len(kg.train)
+    values.update(pbg_wall_s=wall, pbg_compute_s=compute, distmap_epoch_s=seconds, edges=edges)
     print("\n| system | epoch s | edges/s | speed vs PBG's wall time |\n|---|---|---|---|")
     print(f"| PyTorch-BigGraph 1.0.0, train command wall time | {wall:.1f} | {edges / wall:,.0f} | 1.00 |")
     print(f"| PyTorch-BigGraph, its own compute time | {compute:.1f} | {edges / compute:,.0f} | {wall / compute:.2f} |")
     print(f"| distmap sampled, epoch time | {seconds:.1f} | {edges / seconds:,.0f} | {wall / seconds:.2f} |")
 
 
-def quality(args: argparse.Namespace, s: Setting) -> None:
+def quality(args: argparse.Namespace, s: Setting, values: dict[str, Any]) -> None:
     kg = KnowledgeGraph.load(args.dataset)
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"{args.dataset}: {kg.num_entities:,} entities, {len(kg.train):,} train edges; budget {args.budget:.0f} s")
@@ -245,6 +246,7 @@ def quality(args: argparse.Namespace, s: Setting) -> None:
         raw = distmap_config(args.dataset, objective, s, args.work / "runs")
         result = run_distmap(raw, s, args.work / f"{objective}.json", budget=args.budget)
         mrr, spent = result["mrr"], sum(result["epoch_seconds"])
+        values[objective] = {"epoch_seconds": result["epoch_seconds"], "mrr": mrr}
         print(
             f"| distmap {objective} | {len(result['epoch_seconds'])} | {spent:.0f} | {mrr['pessimistic']:.4f}"
             f" | {mrr['realistic']:.4f} |",
@@ -258,6 +260,7 @@ def quality(args: argparse.Namespace, s: Setting) -> None:
             last = pbg.train(epochs)[0]
             spent += last
         metrics = pbg.evaluate()
+        values["pbg"] = {"epochs": epochs, "training_s": spent, "metrics": metrics}
         print(f"| PyTorch-BigGraph | {epochs} | {spent:.0f} | {metrics['mrr']:.4f} | — |", flush=True)
 
 
@@ -281,15 +284,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/distmap-pbg"))
     args = parser.parse_args()
     s = Setting(args.rank, args.candidates, args.batch_size, args.lr, args.reg_weight, args.workers)
-    print(
-        f"# benchmarks/pbg_compare.py {args.mode} · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu_name()} · "
-        f"{os.cpu_count()} CPUs · {s}",
-        flush=True,
-    )
-    if args.mode == "speed":
-        speed(args, s)
-    else:
-        quality(args, s)
+    with recorded(f"pbg_compare_{args.mode}", args) as record:
+        print(
+            f"# benchmarks/pbg_compare.py {args.mode} · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu_name()} · "
+            f"{os.cpu_count()} CPUs · {s}",
+            flush=True,
+        )
+        (speed if args.mode == "speed" else quality)(args, s, record.values)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
+from record import recorded  # benchmarks/ is on the path when run as a script
 
 from distmap.config import Config, config_from_dict
 from distmap.data.kg import KnowledgeGraph
@@ -76,6 +77,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     logging.getLogger("ray").setLevel(logging.ERROR)
+    with recorded("ray_path", args) as record:
+        measure(args, record.values)
+
+
+def measure(args: argparse.Namespace, values: dict) -> None:
     epochs: dict[str, list[float]] = {"plain": [], "ray": []}
     walls: dict[str, list[float]] = {"plain": [], "ray": []}
     # Ray's socket paths must stay short: keep the work folder directly under /tmp.
@@ -111,6 +117,7 @@ def main() -> None:
     ):
         print(f"| {name} | {value:.2f} | {examples / value:,.0f} | {statistics.median(walls[key]):.1f} |")
     ratio = ray / plain
+    values.update(epochs=epochs, walls=walls, plain_epoch_s=plain, ray_epoch_s=ray, ratio=ratio)
     print(
         f"\nRay epoch / plain epoch = {ratio:.3f}; target ≤ {TARGET_SLOWDOWN:.2f}: "
         f"{'met' if ratio <= TARGET_SLOWDOWN else 'NOT met'}"

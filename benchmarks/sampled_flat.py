@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from record import recorded
 from scale import NUM_RELATIONS, int_list  # benchmarks/ is on the path when run as a script
 
 from distmap.config import ModelConfig
@@ -96,6 +97,11 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
+    with recorded(f"sampled_flat_p{args.workers}", args) as record:
+        measure(args, record.values)
+
+
+def measure(args: argparse.Namespace, values: dict) -> None:
     with tempfile.TemporaryDirectory() as out:
         if args.workers == 1:
             worker(0, args, 0, out)
@@ -105,6 +111,10 @@ def main() -> None:
     # A sharded step ends when its slowest worker does (they meet in its collectives).
     times = {n: [max(ts) for ts in zip(*(w[str(n)] for w in per_worker), strict=True)] for n in args.sizes}
     smallest = statistics.median(times[args.sizes[0]])
+    values.update(
+        step_s={str(n): ts for n, ts in times.items()},
+        median_step_s={str(n): statistics.median(ts) for n, ts in times.items()},
+    )
     print(
         f"complex rank {args.rank}, batch {args.batch_size}, S = {args.candidates}, bfloat16, row-wise Adagrad, "
         f"P = {args.workers}, 1 thread per worker, median of {args.rounds} interleaved rounds after a warm-up"

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_speed import cpu_name  # benchmarks/ is on the path when run as a script
+from record import cpu_name, recorded  # benchmarks/ is on the path when run as a script
 
 from distmap.config import ModelConfig
 from distmap.data.batches import QueryGroups
@@ -502,16 +502,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="sampled: timed epochs per case, median reported")
     parser.add_argument("--threads", type=int, default=0, help="threads per worker (default: --cores / P)")
     args = parser.parse_args()
-    print(
-        f"# benchmarks/scale.py · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu_name()}"
-        f" · {os.cpu_count()} CPUs · torch {torch.__version__}",
-        flush=True,
-    )
-    measured = run_sampled_table if args.objective == "sampled" else run_table
-    ok = True if args.skip_measure else measured(args)
-    project(args)
-    project_sampled(args)
-    raise SystemExit(0 if ok else 1)
+    with recorded(f"scale_{args.objective}", args):
+        print(
+            f"# benchmarks/scale.py · {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {cpu_name()}"
+            f" · {os.cpu_count()} CPUs · torch {torch.__version__}",
+            flush=True,
+        )
+        measured = run_sampled_table if args.objective == "sampled" else run_table
+        ok = True if args.skip_measure else measured(args)
+        project(args)
+        project_sampled(args)
+        raise SystemExit(0 if ok else 1)
 
 
 if __name__ == "__main__":

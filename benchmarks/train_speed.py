@@ -19,7 +19,6 @@ import argparse
 import itertools
 import logging
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from record import cpu_name, recorded  # benchmarks/ is on the path when run as a script
 
 from distmap.config import ModelConfig
 from distmap.data.batches import QueryGroups
@@ -253,16 +253,6 @@ def time_pykeen_eval(model: Any, kg: KnowledgeGraph, batch_size: int, repeats: i
 # ---------------------------------------------------------------- report
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def verdict(value: float | None, target: float, text: str) -> str:
     if value is None:
         return f"{text} (not measured)"
@@ -291,8 +281,8 @@ def epoch_cell(timing: EpochTiming) -> str:
     return f"{timing.seconds:.2f} s ({timing.rows:,} rows, {timing.triples_per_second:,.0f} triples/s)"
 
 
-def run(args: argparse.Namespace) -> str:
-    """All measurements, then the header line and the table."""
+def run(args: argparse.Namespace, values: dict[str, Any]) -> str:
+    """All measurements (into ``values``, unrounded), then the header line and the table."""
     with tempfile.TemporaryDirectory() as workdir:
         kg = load_graph(args.dataset, Path(workdir))
     model = distmap_model(kg, args.rank)
@@ -320,6 +310,18 @@ def run(args: argparse.Namespace) -> str:
         return gemm_flops(timing.rows, kg.num_entities, dim) / 1e9 / timing.seconds / peak_gflops
 
     grouped_gain = per_triple.seconds / grouped.seconds
+    values.update(
+        grouped_epoch_s=grouped.seconds,
+        per_triple_epoch_s=per_triple.seconds,
+        pykeen_epoch_s=None if their_epoch_cell is None else their_epoch.seconds,
+        scoring_gflops=scoring_gflops,
+        peak_gflops=peak_gflops,
+        gemm_fraction=gemm_fraction,
+        grouped_epoch_gemm_fraction=epoch_fraction(grouped),
+        eval_s=eval_s,
+        pykeen_eval_s=None if their_eval_cell is None else their_eval_s,
+        filter_build_s=filter_build_s,
+    )
     gain_target = (  # the target is FB-IMG's (3.08 triples per query); WN9-IMG has 1.48
         verdict(grouped_gain, TARGET_GROUPED_SPEEDUP, f"≥ {TARGET_GROUPED_SPEEDUP:g}× on FB-IMG")
         if kg.root.name.startswith("fb")
@@ -377,4 +379,5 @@ if __name__ == "__main__":
     arguments = parse_args()
     if arguments.threads:
         torch.set_num_threads(arguments.threads)
-    print(run(arguments))
+    with recorded("train_speed", arguments) as record:
+        print(run(arguments, record.values))

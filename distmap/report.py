@@ -69,6 +69,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _short(commit: str | None) -> str:
+    """``abc1234`` (``abc1234+dirty``) of a run's commit; runs written before commits were recorded: —."""
+    if not commit:
+        return "—"
+    sha, _, rest = commit.partition("+")
+    return sha[:7] + (f"+{rest}" if rest else "") if len(sha) == 40 else commit
+
+
 def results_table(runs: list[dict[str, Any]]) -> str:
     """Markdown: one row per (dataset, model), test metrics over seeds, the paper's row beside."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -76,7 +84,7 @@ def results_table(runs: list[dict[str, Any]]) -> str:
         groups[(run["dataset"], run.get("label") or run["model"], "+".join(run["modalities"]))].append(run)
     header = (
         "| dataset | model | modalities | seeds | MRR | H@1 | H@3 | H@10 | MRR (pessimistic ties) "
-        "| paper MRR / H@1 / H@3 / H@10 | MRR − paper | epochs (best) | train s/run |"
+        "| paper MRR / H@1 / H@3 / H@10 | MRR − paper | epochs (best) | train s/run | commits |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for (dataset, model, modalities), members in sorted(groups.items()):
@@ -88,10 +96,11 @@ def results_table(runs: list[dict[str, Any]]) -> str:
         gap = f"{mrr - paper[0]:+.3f}" if paper else "—"
         epochs = ", ".join(str(r["best_epoch"]) for r in members)
         seconds = statistics.mean(r["train_seconds"] for r in members)
+        commits = ", ".join(_short(r.get("commit")) for r in members)  # one per seed, as epochs
         lines.append(
             f"| {dataset} | {model} | {modalities} | {len(members)} | "
             + " | ".join(cells)
-            + f" | {pess} | {paper_cell} | {gap} | {epochs} | {seconds:.0f} |"
+            + f" | {pess} | {paper_cell} | {gap} | {epochs} | {seconds:.0f} | {commits} |"
         )
     return "\n".join(lines)
 

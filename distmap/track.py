@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,28 @@ def _artifact_root(tracking_uri: str) -> str | None:
 
 
 COMMAND_ENV = "DISTMAP_COMMAND"
+
+
+def source_commit() -> str:
+    """The commit of the distmap checkout that runs (``+dirty`` when tracked files differ from it), or
+    the package version outside a git checkout: every result names the code that produced it."""
+    from distmap import __version__
+
+    checkout = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=checkout, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return f"distmap {__version__}"
+    return commit + ("+dirty" if dirty else "")
+
+
 """The command line that started a run, handed to Ray workers (whose own argv is Ray's worker script)."""
 
 
@@ -137,7 +160,9 @@ class Tracker:
         if resumed is None:
             mlflow.log_params(params)
             command = os.environ.get(COMMAND_ENV) or shlex.join(sys.argv)
-            mlflow.set_tags({"mlflow.source.name": command, "distmap.command": command})
+            mlflow.set_tags(
+                {"mlflow.source.name": command, "distmap.command": command, "distmap.commit": source_commit()}
+            )
         return self.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:

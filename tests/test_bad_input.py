@@ -1,4 +1,5 @@
-"""Malformed inputs: every error names the file, the line (where there is one) and the problem."""
+"""Malformed inputs: every error names the file, the line (where there is one) and the problem, and the
+command line prints it as one line."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from distmap.cli import main
 from distmap.data.features import embed_text, import_features
 from distmap.data.prepare import prepare_dataset
 from distmap.errors import DataError
@@ -41,8 +43,20 @@ def prepare(raw: Path) -> object:
     return prepare_dataset(raw, raw.parent / "out", log=quiet)
 
 
+def prepare_a_file(raw: Path) -> object:
+    """`distmap prepare` handed a split file where the raw folder belongs."""
+    return prepare_dataset(raw / "train.tsv", raw.parent / "out", log=quiet)
+
+
+COMMAND_LINES: dict[Callable[[Path], object], Callable[[Path], list[str]]] = {
+    prepare: lambda raw: ["prepare", str(raw), str(raw.parent / "out")],
+    prepare_a_file: lambda raw: ["prepare", str(raw / "train.tsv"), str(raw.parent / "out")],
+}
+"""The command line of each Python call the cases run, where it has one."""
+
+
 def prepared_then(action: Callable[[Path, Path], object]) -> Callable[[Path], object]:
-    """Prepare the good toy graph, then run `action(dataset, raw folder)` (a feature import)."""
+    """Prepare the good toy graph, then run `action(dataset, raw folder)` (a feature step)."""
 
     def run(raw: Path) -> object:
         prepare(raw)
@@ -63,25 +77,9 @@ def truncated_gzip() -> bytes:
     return data[: len(data) // 2]
 
 
-def named_rows_parquet(path: Path, names: list[str]) -> None:
-    values = pa.FixedSizeListArray.from_arrays(pa.array(np.ones(2 * len(names), np.float32)), 2)
-    pq.write_table(pa.table({"entity": names, "vec": values}), path)
-
-
-def import_named_rows(names: list[str]) -> Callable[[Path], object]:
-    def action(out: Path, raw: Path) -> object:
-        named_rows_parquet(raw / "named.parquet", names)
-        return import_features(out, "visual", raw / "named.parquet", id_column="entity", log=quiet)
-
-    return prepared_then(action)
-
-
 def ones_encoder(texts: list[str]) -> np.ndarray:
     return np.ones((len(texts), 2))
 
-
-NAN_ROW = np.ones((3, 4))
-NAN_ROW[1, 2] = np.nan
 
 CASES = [
     Case(
@@ -165,60 +163,20 @@ CASES = [
         "duplicate entity 'a' (first on line 2)",
     ),
     Case(
-        "nan-in-npy",
-        {"m.npy": npy(NAN_ROW)},
-        prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.npy", log=quiet)),
-        "m.npy",
-        None,
-        "NaN or infinite value (after conversion to float32) in row 1 (entity 'b')",
-    ),
-    Case(
-        "wrong-row-count",
-        {"m.npy": npy(np.ones((5, 4)))},
-        prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.npy", log=quiet)),
-        "m.npy",
-        None,
-        "wrong row count: 5 rows but the dataset has 3 entities",
-    ),
-    Case(
-        "object-npy",
-        {"m.npy": npy(np.array([[1, "x"], [2, "y"], [3, "z"]], dtype=object))},
-        prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.npy", log=quiet)),
-        "m.npy",
-        None,
-        "object array or pickled data (would need pickle, which is refused)",
-    ),
-    Case(
-        "string-npy",
-        {"m.npy": npy(np.array([["a", "b"], ["c", "d"], ["e", "f"]]))},
-        prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.npy", log=quiet)),
-        "m.npy",
-        None,
-        "dtype <U1 is not numeric; expected float or integer values",
-    ),
-    Case(
-        "unsupported-extension",
-        {"m.csv": "1,2\n"},
-        prepared_then(lambda out, raw: import_features(out, "visual", raw / "m.csv", log=quiet)),
-        "m.csv",
-        None,
-        "unsupported feature file type '.csv'; accepted: .npy",
-    ),
-    Case(
-        "unknown-id",
+        "raw-folder-is-a-file",
         {},
-        import_named_rows(["a", "zz", "b"]),
-        "named.parquet",
+        prepare_a_file,
+        "train.tsv",
         None,
-        "1 row(s) name entities not in the dataset, e.g. ['zz']",
+        "a file, not a folder; expected a folder holding train, valid and test triples",
     ),
     Case(
-        "duplicate-id",
-        {},
-        import_named_rows(["a", "b", "a"]),
-        "named.parquet",
+        "tsv-and-gz",
+        {"train.tsv.gz": gzip.compress(TRAIN.encode())},
+        prepare,
+        "raw",
         None,
-        "duplicate entity names: 1 entities have several rows, e.g. ['a']",
+        "both train.tsv and train.tsv.gz exist; keep one",
     ),
 ]
 
@@ -252,3 +210,259 @@ def test_truncated_gzip_names_the_line_where_it_was_detected(tmp_path: Path) -> 
     assert caught.value.line is not None
     assert caught.value.line > 1
     assert f"train.tsv.gz:{caught.value.line}: " in str(caught.value)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.run in COMMAND_LINES], ids=lambda c: c.id)
+def test_bad_raw_input_is_one_cli_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, content in {**GOOD, **case.files}.items():
+        if content is not None:
+            (raw / name).write_bytes(content.encode() if isinstance(content, str) else content)
+    assert main(COMMAND_LINES[case.run](raw)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("distmap prepare: error: ")
+    assert case.phrase in err
+
+
+# ---------------------------------------------------------------- feature files
+
+
+@dataclass(frozen=True)
+class BadFeatures:
+    """A feature file (None: absent) imported into the toy dataset, and what the message must say."""
+
+    id: str
+    name: str
+    content: bytes | None
+    phrase: str
+    id_column: str | None = None
+
+
+def parquet(columns: dict[str, object]) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def with_value(value: float, row: int, column: int, dtype: type = np.float64) -> np.ndarray:
+    matrix = np.ones((3, 4), dtype)
+    matrix[row, column] = value
+    return matrix
+
+
+def npz(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, features=array)
+    return buffer.getvalue()
+
+
+VECTORS = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+GOOD_NPY = npy(np.ones((3, 4)))
+GOOD_PARQUET = parquet({"vec": VECTORS})
+
+FEATURES = [
+    BadFeatures(
+        "nan-in-npy",
+        "m.npy",
+        npy(with_value(np.nan, 1, 2)),
+        "NaN at row 1, column 2 (entity 'b'); 1 row(s) with NaN or infinite values (after conversion to float32)",
+    ),
+    BadFeatures("inf-in-npy", "m.npy", npy(with_value(np.inf, 2, 1)), "inf at row 2, column 1 (entity 'c')"),
+    BadFeatures("minus-inf-in-npy", "m.npy", npy(with_value(-np.inf, 0, 3)), "-inf at row 0, column 3 (entity 'a')"),
+    BadFeatures(
+        "too-large-for-float32",
+        "m.npy",
+        npy(with_value(1e39, 1, 0)),
+        "1e+39 (beyond float32's range, infinite once converted) at row 1, column 0 (entity 'b')",
+    ),
+    BadFeatures(
+        "inf-in-parquet",
+        "f.parquet",
+        parquet({"vec": [[1.0, 2.0], [3.0, -float("inf")], [5.0, 6.0]]}),
+        "-inf at row 1, column 1 (entity 'b')",
+    ),
+    BadFeatures(
+        "wrong-row-count", "m.npy", npy(np.ones((5, 4))), "wrong row count: 5 rows but the dataset has 3 entities"
+    ),
+    BadFeatures(
+        "object-npy",
+        "m.npy",
+        npy(np.array([[1, "x"], [2, "y"], [3, "z"]], dtype=object)),
+        "object array or pickled data (would need pickle, which is refused)",
+    ),
+    BadFeatures(
+        "string-npy",
+        "m.npy",
+        npy(np.array([["a", "b"], ["c", "d"], ["e", "f"]])),
+        "dtype <U1 is not numeric; expected float or integer values",
+    ),
+    BadFeatures(
+        "1-d-npy", "m.npy", npy(np.ones(3)), "expected a 2-D (entities, dim) array with dim >= 1, got shape (3,)"
+    ),
+    BadFeatures(
+        "3-d-npy",
+        "m.npy",
+        npy(np.ones((3, 2, 2))),
+        "expected a 2-D (entities, dim) array with dim >= 1, got shape (3, 2, 2)",
+    ),
+    BadFeatures(
+        "1-d-parquet",
+        "f.parquet",
+        parquet({"vec": [1.0, 2.0, 3.0]}),
+        "expected exactly one list column of feature values (a list of numbers per row: a 2-D matrix), found none; "
+        "columns: vec (double)",
+    ),
+    BadFeatures(
+        "3-d-parquet",
+        "f.parquet",
+        parquet({"vec": [[[1.0], [2.0]]] * 3}),
+        "column 'vec' holds nested lists (list<element: double>), a 3-D or deeper array",
+    ),
+    BadFeatures(
+        "ragged-parquet",
+        "f.parquet",
+        parquet({"vec": [[1.0, 2.0], [3.0, 4.0], [5.0]]}),
+        "rows have different lengths: row 0 has 2, row 2 has 1",
+    ),
+    BadFeatures(
+        "null-row", "f.parquet", parquet({"vec": [[1.0, 2.0], None, [5.0, 6.0]]}), "row 1: column 'vec' is null"
+    ),
+    BadFeatures(
+        "null-element",
+        "f.parquet",
+        parquet({"vec": [[1.0, 2.0], [3.0, 4.0], [5.0, None]]}),
+        "row 2: column 'vec' holds a null value",
+    ),
+    BadFeatures(
+        "string-values",
+        "f.parquet",
+        parquet({"vec": [["x", "y"]] * 3}),
+        "column 'vec' holds string values; expected float or integer values",
+    ),
+    BadFeatures(
+        "missing-id-column",
+        "f.parquet",
+        GOOD_PARQUET,
+        "id column 'entity' not found; columns: ['vec']",
+        id_column="entity",
+    ),
+    BadFeatures(
+        "integer-ids",
+        "f.parquet",
+        parquet({"entity": [0, 1, 2], "vec": VECTORS}),
+        "id column 'entity' must hold entity names (strings), found int64",
+        id_column="entity",
+    ),
+    BadFeatures(
+        "id-column-is-the-features",
+        "f.parquet",
+        GOOD_PARQUET,
+        "id column 'vec' must hold entity names (strings), found list<element: double>",
+        id_column="vec",
+    ),
+    BadFeatures(
+        "null-id",
+        "f.parquet",
+        parquet({"entity": ["a", None, "c"], "vec": VECTORS}),
+        "row 1: null entity name in 'entity'",
+        id_column="entity",
+    ),
+    BadFeatures(
+        "unknown-id",
+        "f.parquet",
+        parquet({"entity": ["a", "zz", "b"], "vec": VECTORS}),
+        "1 row(s) name entities not in the dataset, e.g. ['zz']",
+        id_column="entity",
+    ),
+    BadFeatures(
+        "duplicate-id",
+        "f.parquet",
+        parquet({"entity": ["a", "b", "a"], "vec": VECTORS}),
+        "duplicate entity names: 1 entities have several rows, e.g. ['a']",
+        id_column="entity",
+    ),
+    BadFeatures(
+        "id-column-with-npy",
+        "m.npy",
+        GOOD_NPY,
+        "--id-column (id_column) applies to .parquet files only; .npy rows are in sorted-entity order",
+        id_column="entity",
+    ),
+    BadFeatures("missing-npy", "m.npy", None, "file not found"),
+    BadFeatures("missing-parquet", "f.parquet", None, "file not found"),
+    BadFeatures("empty-npy", "m.npy", b"", "empty file; expected a .npy array saved with np.save"),
+    BadFeatures(
+        "garbage-npy",
+        "m.npy",
+        b"not an array at all\n" * 8,
+        "not a .npy file (no .npy header at its start); save one numeric array with np.save",
+    ),
+    BadFeatures(
+        "npz-as-npy",
+        "m.npy",
+        npz(np.ones((3, 4))),
+        "not a .npy file (an .npz archive); save one numeric array with np.save",
+    ),
+    BadFeatures(
+        "truncated-npy-header", "m.npy", GOOD_NPY[:20], "corrupt or truncated .npy file (EOF: reading array header"
+    ),
+    BadFeatures("truncated-npy-data", "m.npy", GOOD_NPY[:-8], "corrupt or truncated .npy file ("),
+    BadFeatures(
+        "garbage-parquet",
+        "f.parquet",
+        b"not a table at all\n" * 8,
+        "unreadable Parquet file (Could not open Parquet input source",
+    ),
+    BadFeatures(
+        "truncated-parquet",
+        "f.parquet",
+        GOOD_PARQUET[: len(GOOD_PARQUET) // 2],
+        "unreadable Parquet file (Could not open Parquet input source",
+    ),
+    BadFeatures("unsupported-extension", "m.csv", b"1,2\n", "unsupported feature file type '.csv'; accepted: .npy"),
+]
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The good toy graph (entities a, b, c), prepared once: every import below fails before writing."""
+    raw = tmp_path_factory.mktemp("toy") / "raw"
+    raw.mkdir()
+    for name, content in GOOD.items():
+        (raw / name).write_text(content)
+    prepare(raw)
+    return raw.parent / "out"
+
+
+def feature_file(folder: Path, case: BadFeatures) -> Path:
+    path = folder / case.name
+    if case.content is not None:
+        path.write_bytes(case.content)
+    return path
+
+
+@pytest.mark.parametrize("case", FEATURES, ids=lambda c: c.id)
+def test_bad_feature_file_is_named(tmp_path: Path, toy_dataset: Path, case: BadFeatures) -> None:
+    path = feature_file(tmp_path, case)
+    with pytest.raises(DataError) as caught:
+        import_features(toy_dataset, "visual", path, id_column=case.id_column, log=quiet)
+    assert caught.value.path == str(path)
+    assert caught.value.line is None
+    assert str(caught.value).startswith(f"{path}: ")
+    assert case.phrase in str(caught.value)
+
+
+@pytest.mark.parametrize("case", FEATURES, ids=lambda c: c.id)
+def test_bad_feature_file_is_one_cli_line(
+    tmp_path: Path, toy_dataset: Path, capsys: pytest.CaptureFixture[str], case: BadFeatures
+) -> None:
+    path = feature_file(tmp_path, case)
+    argv = ["features", "import", str(toy_dataset), "--modality", "visual", "--file", str(path)]
+    assert main(argv + (["--id-column", case.id_column] if case.id_column else [])) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"distmap features: error: {path}: ")
+    assert case.phrase in err
+    assert not (toy_dataset / "features").exists()

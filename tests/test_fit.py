@@ -13,6 +13,7 @@ from distmap.cli import main
 from distmap.config import Config, config_from_dict
 from distmap.data.prepare import prepare_dataset
 from distmap.errors import DistmapError
+from distmap.track import source_commit
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from distmap.train.fit import fit
 from tests.conftest import ring_graph, write_triples
@@ -47,12 +48,14 @@ def test_learns_logs_and_writes_outputs(ring_dataset: Path, tmp_path: Path) -> N
     assert {"checkpoint.pt", "config.yaml", "metrics.json", "training_curve.png"} <= files
     saved = json.loads((result.run_dir / "metrics.json").read_text())
     assert saved["test"]["both"]["mrr"] == pytest.approx(result.test.metrics["both"]["mrr"])
+    assert saved["commit"] == source_commit()  # the code that produced the numbers
 
     client = mlflow.MlflowClient(tracking_uri=cfg.track.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("test").experiment_id])
     assert run.data.params["model.name"] == "complex"
     assert run.data.params["train.epochs"] == "20"
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
+    assert run.data.tags["distmap.commit"] == source_commit()
     assert len(client.get_metric_history(run.info.run_id, "valid/both/mrr")) == 4
     assert run.data.metrics["test/both/mrr"] == pytest.approx(result.test.metrics["both"]["mrr"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {

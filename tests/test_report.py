@@ -1,6 +1,7 @@
 """The results table: groups runs by (dataset, model), mean ± std over seeds, paper row beside."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import pytest
 from distmap.cli import main
 from distmap.errors import DataError
 from distmap.report import load_runs, results_table
+from distmap.track import source_commit
 
 
 def run_summary(seed: int, mrr: float) -> dict:
@@ -33,8 +35,18 @@ def test_mean_std_over_seeds_beside_paper(tmp_path: Path, capsys: pytest.Capture
     assert "| wn9-img | complex | structure | 3 | 0.920 ± 0.020 |" in row
     assert "0.908 / 0.903 / 0.907 / 0.928" in row
     assert "| 10, 11, 12 |" in row
+    assert row.endswith("| —, —, — |")  # summaries written before runs recorded their commit
     assert main(["report", str(tmp_path)]) == 0
     assert "0.920 ± 0.020" in capsys.readouterr().out
+
+
+def test_rows_name_each_seeds_commit(tmp_path: Path) -> None:
+    """Every run records the checkout it ran from (``metrics.json`` ``commit``): the table names it per
+    seed, so a row measured across commits says so."""
+    commit = source_commit()
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit), commit  # the tests run in a git checkout
+    runs = [{**run_summary(0, 0.9), "commit": "a" * 40}, {**run_summary(1, 0.9), "commit": "b" * 40 + "+dirty"}]
+    assert results_table(runs).splitlines()[2].endswith("| aaaaaaa, bbbbbbb+dirty |")
 
 
 def test_bad_summaries_are_named(tmp_path: Path) -> None:

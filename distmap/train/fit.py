@@ -30,7 +30,7 @@ from distmap.models.model import KGEModel
 from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import FeatureReader, build_model
 from distmap.plots import training_curve
-from distmap.track import Tracker
+from distmap.track import Tracker, source_commit
 from distmap.train.breakdown import Breakdown, breakdown_of
 from distmap.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from distmap.train.evaluate import EvalResult, FilterIndex, evaluate
@@ -511,6 +511,7 @@ def _write_outputs(
         "model": cfg.model.name,
         "modalities": ["structure", *cfg.data.modalities],
         "seed": cfg.train.seed,
+        "commit": source_commit(),
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
         "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
