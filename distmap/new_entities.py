@@ -18,7 +18,7 @@ fused from those (the others absent, as for a dataset entity without them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from distmap.data.features import Encoder, encode_new_text, text_encoder_for
+from distmap.data.features import Encoder, encode_new_text, read_npy_rows, text_encoder_for
 from distmap.data.manifest import read_manifest
 from distmap.data.tsv import TsvReader, read_header
 from distmap.errors import DataError, DistmapError
@@ -70,7 +70,7 @@ def new_entity(name: str, text: str | None, visual_file: Path | None, known: Kno
         )
     if text is not None and not text.strip():
         raise DistmapError(f"--text: the text of new entity '{name}' is empty")
-    visual = None if visual_file is None else load_visual(visual_file, 1)
+    visual = None if visual_file is None else load_visual(visual_file, (name,))
     return NewEntities((name,), (text,), visual, "--new-entity", visual_file=visual_file)
 
 
@@ -104,36 +104,17 @@ def read_new_entities(path: Path, visual_file: Path | None, known: Known) -> New
     for name, number, there in zip(names, lines, _in_dataset(names, known), strict=True):
         if there:
             raise DataError(path, _known_problem(name), number)
-    visual = None if visual_file is None else load_visual(visual_file, len(names))
+    visual = None if visual_file is None else load_visual(visual_file, names)
     return NewEntities(tuple(names), tuple(texts), visual, "--new-entities", path, tuple(lines), visual_file)
 
 
-def load_visual(path: Path, rows: int) -> np.ndarray:
-    """``rows`` visual rows from a .npy file (never unpickled): 2-D, numeric, finite, as float32."""
-    where = f"--new-visual {path}"
-    if not path.is_file():
-        raise DistmapError(f"{where}: file not found")
+def load_visual(path: Path, names: Sequence[str]) -> np.ndarray:
+    """The visual rows of the new entities ``names`` from a .npy file, checked as an imported feature
+    matrix is (``features.read_npy_rows``); errors name the argument."""
     try:
-        matrix = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "pickle" in str(exc) or "object" in str(exc).lower():
-            raise DistmapError(f"{where}: object array or pickled data (refused); save a numeric array") from None
-        raise DistmapError(f"{where}: not a readable .npy array ({exc})") from None
-    except (OSError, EOFError) as exc:
-        raise DistmapError(f"{where}: not a readable .npy array ({exc})") from None
-    if not isinstance(matrix, np.ndarray):  # an .npz archive
-        raise DistmapError(f"{where}: expected one array saved with np.save (.npy), not an archive")
-    if matrix.dtype.kind not in "fiu":
-        raise DistmapError(f"{where}: dtype {matrix.dtype} is not numeric")
-    if matrix.ndim != 2 or matrix.shape[1] < 1:
-        raise DistmapError(f"{where}: expected a 2-D (entities, dim) array, got shape {matrix.shape}")
-    if len(matrix) != rows:
-        raise DistmapError(f"{where}: {len(matrix)} rows for {rows} new entities (one row per entity, in order)")
-    values = np.asarray(matrix, dtype=np.float32)
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        raise DistmapError(f"{where}: NaN or infinite value (as float32) in row {int(np.flatnonzero(bad)[0])}")
-    return values
+        return read_npy_rows(path, names)
+    except DataError as err:
+        raise DistmapError(f"--new-visual {err}") from None
 
 
 def fused_rows(

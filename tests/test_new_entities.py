@@ -358,14 +358,18 @@ def test_one_line_errors(
     # visual rows: 2-D, finite, one per entity, the dataset's width
     for rows, problem in (
         (visual[:1, :4], "rows are 4 wide; the dataset's visual features are 5 wide"),
-        (visual[0], "expected a 2-D (entities, dim) array, got shape (5,)"),
-        (visual[:2], "2 rows for 1 new entities"),
-        (np.full((1, 5), np.nan), "NaN or infinite value (as float32) in row 0"),
+        (visual[0], "expected a 2-D (entities, dim) array with dim >= 1, got shape (5,)"),
+        (visual[:2], "2 rows for 1 entities (one row per entity, in order)"),
+        (np.full((1, 5), np.nan), "NaN at row 0, column 0 (entity 'x')"),
     ):
         np.save(tmp_path / "v.npy", rows)
         assert f"--new-visual {tmp_path / 'v.npy'}: {problem}" in error(
             "--new-entity", "x", "--new-visual", str(tmp_path / "v.npy"), *ask
         )
+    (tmp_path / "v.npy").write_bytes(b"not an array")  # checked as an imported feature file is
+    assert f"--new-visual {tmp_path / 'v.npy'}: not a .npy file (no .npy header at its start)" in error(
+        "--new-entity", "x", "--new-visual", str(tmp_path / "v.npy"), *ask
+    )
 
     # the encoder the dataset was embedded with, when it is not available here
     monkeypatch.delitem(features.TEXT_ENCODERS, "hash_encoder")

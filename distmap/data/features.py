@@ -299,6 +299,18 @@ def import_features(
     return entry
 
 
+def read_npy_rows(file: Path, row_names: Sequence[str]) -> np.ndarray:
+    """A user's .npy matrix of ``len(row_names)`` rows as float32, checked as ``import_features`` checks
+    one (header, never unpickled, numeric, 2-D, finite); ``row_names`` name the rows in errors."""
+    if not file.is_file():
+        raise DataError(file, "file not found")
+    matrix, _ = _load_npy(file)
+    _check_shape(file, matrix)
+    if len(matrix) != len(row_names):
+        raise DataError(file, f"{len(matrix)} rows for {len(row_names)} entities (one row per entity, in order)")
+    return _finite_float32(file, matrix, row_names)
+
+
 def _load_npy(file: Path) -> tuple[np.ndarray, None]:
     """Memory-mapped and pickle-free: an object array is refused, never unpickled. The header is
     checked first, so that np.load never falls back to reading an archive or a pickle."""
