@@ -8,6 +8,9 @@ the key (``train.lr``) and the file, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
+import os
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -79,6 +82,9 @@ class ColdConfig:
     entities keep what structure gives them); ``replace`` trains on the dropped rows only.
     ``negatives: false`` leaves the entities ranked from their features alone out of the training
     softmax: nothing is known of them, so they are not taught to be "never the answer" either.
+    ``structure_grad: false`` stops the twin's gradient at the structural rows (it trains the
+    projections, the fusion and the relations only): the structure then learns from the full
+    objective alone, as without the twin.
     The defaults won on wn9-img-cold (RESULTS.md, docs/method.md): with them the cold buckets rise
     from ~0 without costing the warm entities; ``negatives: false`` lifted cold answers further but cost
     the warm ones 0.17 MRR. IKRL and TBKGE score the structural view on its own and keep it everywhere.
@@ -89,6 +95,7 @@ class ColdConfig:
     loss: Literal["twin", "replace"] = "twin"
     weight: float = 1.0
     negatives: bool = True
+    structure_grad: bool = True
 
     def check(self) -> None:
         _require(0 <= self.dropout < 1, "model.cold.dropout", "must be in [0, 1)")
@@ -459,10 +466,52 @@ def _override_for(key: str | None, overrides: list[str]) -> str | None:
     return None
 
 
+RAY_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+"""Set by Ray in a job's driver: ``{"runtime_env": {"working_dir": "gcs://_ray_pkg_<hash>.zip", ...}, ...}``."""
+
+
+def in_ray_working_dir_copy() -> bool:
+    """Whether this process runs in Ray's unpacked copy of a job's ``--working-dir``: under Ray's
+    ``runtime_resources/working_dir_files``, or in the folder named after the job's working-dir package."""
+    parts = Path.cwd().parts
+    if any(a == "runtime_resources" and b == "working_dir_files" for a, b in itertools.pairwise(parts)):
+        return True
+    try:
+        uri = json.loads(os.environ.get(RAY_JOB_CONFIG_ENV, "{}"))["runtime_env"]["working_dir"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    package = uri.rsplit("/", 1)[-1].split(".", 1)[0]  # gcs://_ray_pkg_<hash>.zip unpacks to _ray_pkg_<hash>
+    return package.startswith("_ray_pkg_") and package in parts  # a local:// working dir is used in place
+
+
+def refuse_relative_in_ray_copy(paths: dict[str, str]) -> None:
+    """Stop before a relative path resolves in Ray's copy of a job's working dir. ``paths`` maps a
+    name (``data.path``, ``--out``) to the path as given; a ``sqlite:///`` URI counts by its file."""
+    relative = [name for name, value in paths.items() if not Path(value.removeprefix("sqlite:///")).is_absolute()]
+    if not relative or not in_ray_working_dir_copy():
+        return
+    named = ", ".join(f"{name} '{paths[name]}'" for name in relative)
+    raise ConfigError(
+        f"{named} {'is' if len(relative) == 1 else 'are'} relative and this job runs in Ray's temporary copy of "
+        "the working dir, which leaves out git-ignored files (datasets/, runs/, mlflow.db) and is deleted after "
+        "the job: pass --root $PWD (the checkout, as seen by the machine that runs the job) or give absolute paths",
+        relative[0],
+    )
+
+
+def config_paths(cfg: Config) -> dict[str, str]:
+    """The config's paths by key: the dataset, the run folders, and the MLflow store if it is SQLite."""
+    paths = {"data.path": cfg.data.path, "track.output_dir": cfg.track.output_dir}
+    if cfg.track.tracking_uri.startswith("sqlite:///"):
+        paths["track.tracking_uri"] = cfg.track.tracking_uri
+    return paths
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply ``--set`` overrides, and validate the whole thing.
 
     An error caused by an override names that ``--set`` argument, not the file it did not come from.
+    In Ray's temporary copy of a job's working dir, relative data, output and store paths are refused.
     """
     path = Path(path)
     try:
@@ -477,7 +526,9 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     for assignment in overrides:
         apply_override(raw, assignment)
     try:
-        return _build(Config, raw, "")
+        cfg = _build(Config, raw, "")
+        refuse_relative_in_ray_copy(config_paths(cfg))
+        return cfg
     except ConfigError as err:
         culprit = _override_for(err.key, list(overrides))
         where = f"--set {culprit}" if culprit else str(path)

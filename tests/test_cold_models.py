@@ -92,6 +92,22 @@ def test_dropout_fuses_the_drawn_rows_without_structure() -> None:
     torch.testing.assert_close(some.fused, dropped.fused[local])
 
 
+def test_twin_without_structure_gradient_trains_the_features_only() -> None:
+    """``structure_grad: false``: the twin's fused rows are the same values, but its loss leaves the
+    structural rows untouched (they learn from the full objective alone)."""
+    seen = torch.ones(N, dtype=torch.bool)
+    grads = {}
+    for flag in (True, False):
+        model = tiny_model(ColdConfig(unseen="projection", dropout=0.5, structure_grad=flag), seen)
+        twin = model.twin_views(model.views(), 99)
+        twin.fused.square().sum().backward()
+        grads[flag] = (twin.fused.detach(), model.entities.weight.grad, model.projections["text"].net.weight.grad)
+    torch.testing.assert_close(grads[True][0], grads[False][0])
+    assert grads[True][1].abs().sum() > 0
+    assert grads[False][1] is None
+    torch.testing.assert_close(grads[True][2], grads[False][2])
+
+
 def test_unseen_rows_errors() -> None:
     model = tiny_model(ColdConfig(unseen="projection"), torch.ones(N, dtype=torch.bool))
     with pytest.raises(DistmapError, match="visual"):

@@ -80,16 +80,24 @@ def test_record_written_with_tables_and_facts(tmp_path: Path, monkeypatch: pytes
     assert body["command"] == "python benchmarks/fake.py --n 3"
     assert body["args"] == {"n": 3, "where": str(tmp_path)}
     assert body["values"] == {"x": {"b": 1.4987}}
-    assert len(body["host"]["load_before"]) == 3 and len(body["host"]["load_after"]) == 3
-    assert {"torch", "python"} <= set(body["versions"]) and body["commit"]
-    assert shown_equals("1.50", lookup(body["values"], "x.b")) and not shown_equals("1.51", 1.4987)
+    assert len(body["host"]["load_before"]) == 3
+    assert len(body["host"]["load_after"]) == 3
+    assert {"torch", "python"} <= set(body["versions"])
+    assert body["commit"]
+    assert shown_equals("1.50", lookup(body["values"], "x.b"))
+    assert not shown_equals("1.51", 1.4987)
 
 
 def test_record_written_on_missed_target_exit_not_on_failure(tmp_path: Path) -> None:
     record_module = load_record_module()
-    with pytest.raises(SystemExit), record_module.recorded("exits", {}, folder=tmp_path):
-        print("| t |\n|---|")
-        raise SystemExit(1)
+
+    def missed_target() -> None:
+        with record_module.recorded("exits", {}, folder=tmp_path):
+            print("| t |\n|---|")
+            raise SystemExit(1)
+
+    with pytest.raises(SystemExit):
+        missed_target()
     (written,) = tmp_path.glob("exits-*.json")
     assert json.loads(written.read_text(encoding="utf-8"))["exit_code"] == 1
     with pytest.raises(RuntimeError), record_module.recorded("fails", {}, folder=tmp_path):
@@ -98,5 +106,8 @@ def test_record_written_on_missed_target_exit_not_on_failure(tmp_path: Path) -> 
 
 
 def test_figure_rounding() -> None:
-    assert shown_equals("1.36×", 1.3649) and not shown_equals("1.36×", 1.3651)
-    assert shown_equals("95 %", 0.951) and shown_equals("3,112", 3111.6) and shown_equals("−0.03", -0.0312)
+    assert shown_equals("1.36×", 1.3649)
+    assert not shown_equals("1.36×", 1.3651)
+    assert shown_equals("95 %", 0.951)
+    assert shown_equals("3,112", 3111.6)
+    assert shown_equals("−0.03", -0.0312)

@@ -56,11 +56,13 @@ class MultimodalModel(KGEModel):
         unseen: Literal["projection", "table"] = "table",
         dropout: float = 0.0,
         negatives: bool = True,
+        twin_structure_grad: bool = True,
     ) -> None:
         """``seen`` (M,) bool: the block's entities that occur in a train triple (None: all); with ``unseen:
         projection`` the others that have a feature are represented by their features alone, and
         ``dropout`` is the share of rows a training step represents so; ``negatives: False`` leaves the
-        former out of the training softmax (``ColdConfig``). Views side by
+        former out of the training softmax; ``twin_structure_grad: False`` detaches the structural rows in
+        the twin views (``ColdConfig``). Views side by
         side (``concat``) score the structural view on its own: such a model keeps it everywhere."""
         super().__init__(interaction, num_entities, num_relations, rank, init_scale, seed, entity_range, table_dtype)
         self.seed = seed  # replicated weights are drawn from it, the same on every worker
@@ -82,6 +84,7 @@ class MultimodalModel(KGEModel):
         self.register_buffer("has_feature", has_feature, persistent=False)
         self.register_buffer("structured", structured, persistent=False)
         self.dropout = dropout if fusion != "concat" else 0.0
+        self.twin_structure_grad = twin_structure_grad
         # Rows left out of the training softmax: those ranked from their features alone, if asked.
         self.register_buffer("excluded", None if negatives or bool(structured.all()) else ~structured, persistent=False)
         if projection is not None:  # else a subclass brings its own ``project``
@@ -113,7 +116,8 @@ class MultimodalModel(KGEModel):
         rows = torch.arange(len(views.structure), device=views.structure.device) if views.rows is None else views.rows
         ids = self.entities.lo + rows  # global ids: the draw must not depend on which rows are asked
         placed = views.structured & ~(dropped_rows(ids, drop, self.dropout) & self.has_feature[local])
-        fused = self.fusion([views.structure, *views.projected.values()], [placed, *views.present.values()])
+        structure = views.structure if self.twin_structure_grad else views.structure.detach()
+        fused = self.fusion([structure, *views.projected.values()], [placed, *views.present.values()])
         return dataclasses.replace(views, fused=fused)
 
     @property

@@ -95,6 +95,7 @@ def build_model(
         "unseen": cfg.cold.unseen,
         "dropout": cfg.cold.dropout,
         "negatives": cfg.cold.negatives,
+        "twin_structure_grad": cfg.cold.structure_grad,
     }
     if cfg.name == "otkge":
         anchors = {m: first_present(read_features, m, num_entities, cfg.otkge.anchors) for m in modalities}
