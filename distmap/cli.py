@@ -1,12 +1,15 @@
 """Command line: ``distmap prepare | features | train | tune | evaluate | predict | export | report | ui``.
 
 User errors (bad files, bad config keys) print one line naming the file and the problem and
-exit with status 2; only bugs show a traceback.
+exit with status 2; only bugs show a traceback. The commands with a `ray job submit` entrypoint
+(jobs/*.py) take ``--root DIR``: run as if started in DIR, the checkout, since Ray runs a job in a
+temporary copy of its working dir without the git-ignored files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
@@ -260,6 +263,43 @@ def _ui(args: argparse.Namespace) -> None:
     serve(args.store, args.port)
 
 
+PATH_ARGUMENTS = {
+    "config": "config",
+    "study": "study",
+    "run_dir": "run_dir",
+    "queries": "--queries",
+    "out": "--out",
+    "json": "--json",
+    "ranks": "--ranks",
+    "new_entities": "--new-entities",
+    "new_visual": "--new-visual",
+}
+"""The file and folder arguments of the commands that take ``--root`` (argparse dest -> name)."""
+
+
+def _add_root(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        help="run as if started in DIR: relative paths (arguments, the config's data.path, track.output_dir and "
+        "sqlite store) resolve there; under `ray job submit --working-dir .` give --root $PWD",
+    )
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Run the command, from ``--root`` if given (as ``git -C``: its relative paths resolve there)."""
+    from distmap.config import refuse_relative_in_ray_copy
+
+    root = getattr(args, "root", None)
+    if root is not None and not Path(root).is_dir():
+        raise DistmapError(f"--root {root}: not a folder")
+    with contextlib.chdir(root) if root is not None else contextlib.nullcontext():
+        if hasattr(args, "root"):  # a command with a `ray job submit` entrypoint (jobs/*.py)
+            given = {name: getattr(args, dest, None) for dest, name in PATH_ARGUMENTS.items()}
+            refuse_relative_in_ray_copy({name: str(value) for name, value in given.items() if value is not None})
+        args.func(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distmap", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -309,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train and evaluate a model from a YAML config")
     p.add_argument("config", help="YAML run config, e.g. configs/wn9img/complex.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=0.05")
+    _add_root(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("tune", help="a Ray Tune study over a training config; every trial an MLflow run")
@@ -316,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a key of the training config"
     )
+    _add_root(p)
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("evaluate", help="evaluate a run's best checkpoint (filtered ranking)")
@@ -347,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write one row per query: head, relation, tail, direction, the three tie ranks, both train degrees",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    _add_root(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("predict", help="top-k answers of (h, r, ?) or (?, r, t) from a run's best checkpoint")
@@ -379,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="visual rows of the new entities, one per entity in order (width: the dataset's visual features)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    _add_root(p)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("export", help="a run's best entity and relation vectors to Parquet")
@@ -393,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--new-visual", metavar="FILE.npy", help="with --new-entities: their visual rows, one per entity")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    _add_root(p)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("report", help="results table of runs (paper beside) and/or the figures from an MLflow store")
@@ -425,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     # MLflow runs are tagged with the command that made them, also on Ray workers (see distmap.track).
     os.environ.setdefault(COMMAND_ENV, shlex.join(["distmap", *(sys.argv[1:] if argv is None else argv)]))
     try:
-        args.func(args)
+        _run(args)
     except DistmapError as err:
         print(f"distmap {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,11 +1,12 @@
 """`ray job submit` entrypoint: top-k answers from a run's best checkpoint (arguments as `distmap predict`).
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        /abs/path/.venv/bin/python jobs/predict.py runs/wn9-img-complex-seed0 --queries q.tsv --out top10.parquet
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- $PWD/.venv/bin/python jobs/predict.py \
+        runs/wn9-img-complex-seed0 --root $PWD --queries q.tsv --out top10.parquet
 
-New entities (a multimodal run): add ``--new-entities /abs/path/new.tsv`` (header; columns name, text) and
-optionally ``--new-visual /abs/path/new.npy``, and name them in the queries; or ask about one with
-``--new-entity NAME --text "..." --relation R --head NAME``.
+``--root $PWD``: relative paths resolve against the checkout, not Ray's temporary copy of the
+working dir (see jobs/train.py). New entities (a multimodal run): add ``--new-entities new.tsv``
+(header; columns name, text) and optionally ``--new-visual new.npy``, and name them in the queries;
+or ask about one with ``--new-entity NAME --text "..." --relation R --head NAME``.
 """
 
 import sys

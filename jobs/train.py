@@ -1,9 +1,12 @@
-"""`ray job submit` entrypoint: train + evaluate one config.
+"""`ray job submit` entrypoint: train + evaluate one config (arguments as `distmap train`).
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
-        /abs/path/.venv/bin/python jobs/train.py configs/wn9img/complex.yaml --set train.epochs=5
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- $PWD/.venv/bin/python jobs/train.py \
+        configs/wn9img/complex.yaml --root $PWD --set scale.workers=2 --set scale.address=auto
 
-Thin on purpose: arguments go straight to `distmap train`.
+Ray runs the job in a temporary copy of the working dir without its git-ignored files (datasets/,
+runs/, mlflow.db): ``--root $PWD`` resolves every relative path against the checkout, so the dataset
+is found and the run, its checkpoints and the MLflow store land there (without it, a job that would
+use a relative path stops and says so). Thin on purpose: arguments go straight to `distmap train`.
 """
 
 import sys
