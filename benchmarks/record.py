@@ -31,6 +31,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from distmap.track import CODE_PATHS
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 LIBRARIES = ("torch", "numpy", "pyarrow", "POT", "ray", "mlflow", "pykeen", "torchbiggraph")
@@ -124,7 +126,7 @@ class Record:
             "command": shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else name,
             "args": plain(vars(args) if isinstance(args, argparse.Namespace) else args),
             "commit": commit,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None,
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)) if commit else None,
             "started": f"{self.started:%Y-%m-%dT%H:%M:%S}Z",
             "host": {
                 "cpu": cpu_name(),

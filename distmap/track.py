@@ -33,9 +33,14 @@ def _artifact_root(tracking_uri: str) -> str | None:
 COMMAND_ENV = "DISTMAP_COMMAND"
 
 
+CODE_PATHS = ("distmap", "configs", "jobs", "benchmarks", "pyproject.toml")
+"""What decides a result: a run or benchmark from a checkout with these changed is marked dirty."""
+
+
 def source_commit() -> str:
-    """The commit of the distmap checkout that runs (``+dirty`` when tracked files differ from it), or
-    the package version outside a git checkout: every result names the code that produced it."""
+    """The commit of the distmap checkout that runs (``+dirty`` when its code or configs differ from
+    it; an edited RESULTS.md does not change a number), or the package version outside a git checkout:
+    every result names the code that produced it."""
     from distmap import __version__
 
     checkout = Path(__file__).resolve().parents[1]
@@ -47,7 +52,7 @@ def source_commit() -> str:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
     except (OSError, subprocess.SubprocessError):
         return f"distmap {__version__}"
     return commit + ("+dirty" if dirty else "")

@@ -8,9 +8,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from distmap.data.kg import KnowledgeGraph
 from distmap.data.prepare import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,35 @@ def ring_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     raw = write_triples(base / "raw", ring_graph())
     prepare_dataset(raw, base / "dataset", log=lambda _: None)
     return base / "dataset"
+
+
+def add_features(dataset: Path, modality: str, dim: int, seed: int, missing_every: int = 0) -> None:
+    """Import synthetic N(0, 1) feature rows of ``dim`` as ``modality``; with ``missing_every`` k, every
+    k-th entity (sorted-name order) has no row (masked), through a Parquet file with entity names."""
+    # imported here: every test process (and every spawned worker) loads this module, few need these
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distmap.data.features import import_features
+
+    names = KnowledgeGraph.load(dataset).entities
+    values = np.random.default_rng(seed).normal(size=(len(names), dim)).astype(np.float32)
+    keep = [i for i in range(len(names)) if not missing_every or i % missing_every]
+    file = dataset.parent / f"{dataset.name}-{modality}.parquet"
+    table = pa.table({"name": [names[i] for i in keep], "vec": pa.array([values[i].tolist() for i in keep])})
+    pq.write_table(table, file)
+    import_features(dataset, modality, file, id_column="name", log=lambda _: None)
+
+
+@pytest.fixture(scope="session")
+def ring_multimodal_dataset(ring_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ring graph with synthetic ``visual`` rows (8-d, every entity) and ``text`` rows (6-d, every
+    7th entity without one), for MAP and its terms."""
+    dataset = tmp_path_factory.mktemp("ring-mm") / "dataset"
+    shutil.copytree(ring_dataset, dataset)
+    add_features(dataset, "visual", 8, seed=0)
+    add_features(dataset, "text", 6, seed=1, missing_every=7)
+    return dataset
 
 
 @pytest.fixture

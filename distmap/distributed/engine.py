@@ -167,6 +167,7 @@ class ShardedEngine:
 
     def save(self, progress: Progress) -> None:
         weight = self.model.entities.weight
+        rng = worker_rng_states(weight.device)  # collective: every worker's own, for common.pt
         with tempfile.TemporaryDirectory(prefix="distmap-ckpt-") as tmp:
             folder = Path(tmp)
             save_rows(
@@ -187,6 +188,7 @@ class ShardedEngine:
                         "generator": self.generator.get_state(),
                         "sampler_steps": self.sampler.steps,
                         "torch_rng": torch.get_rng_state(),
+                        "worker_rng": rng,
                         "config": self.cfg.to_dict(),
                         "num_entities": self.kg.num_entities,
                     },
@@ -212,8 +214,22 @@ class ShardedEngine:
             self.optimizer.state[p] = {k: v.to(device) if torch.is_tensor(v) else v for k, v in state.items()}
         self.generator.set_state(common["generator"])
         self.sampler.steps = common["sampler_steps"]
-        torch.set_rng_state(common["torch_rng"])
+        # Each worker's loss terms drew from its own RNG: back to its own state on as many workers; on
+        # another count (other blocks, other draws anyway) every worker starts from worker 0's, as a run does.
+        rng = common.get("worker_rng")
+        same_workers = rng is not None and len(rng) == world()[1]
+        torch.set_rng_state(rng[self.rank].clone() if same_workers else common["torch_rng"])
         return Progress.from_saved(common)
+
+
+def worker_rng_states(device: torch.device) -> torch.Tensor:
+    """(P, L) every worker's torch RNG state (MAP's terms draw from it, differently on each worker),
+    on every worker: one all-reduce."""
+    rank, size = world()
+    state = torch.get_rng_state()
+    states = torch.zeros(size, len(state), dtype=torch.long, device=device)
+    states[rank] = state.to(device)
+    return all_reduce_(states).to("cpu", torch.uint8)
 
 
 class FailOnce:
