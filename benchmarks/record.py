@@ -11,7 +11,7 @@ both checked by ``tests/test_results_records.py``:
 - a table copied from a record sits between ``<!-- record: benchmarks/results/F.json -->`` and
   ``<!-- /record -->`` and must equal one of the tables the record printed;
 - a figure in prose links to its value: ``[1.36×](benchmarks/results/F.json#values.map.ratio)``
-  (a dotted path into ``values``); the number shown must equal the value rounded as shown.
+  (a dotted path into the record); the number shown must equal the value rounded as shown.
 """
 
 from __future__ import annotations
