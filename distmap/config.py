@@ -77,21 +77,25 @@ class ColdConfig:
     features alone, at training and at ranking); ``table`` keeps its free row (a structural model's way).
     ``dropout``: in every training step each entity with features loses its structural view with this
     probability (drawn per step and entity, the same on every worker), so the projections learn to rank
-    on their own. ``loss: twin`` scores the step a second time with those rows dropped and adds that
-    objective times ``weight`` to the full one (the full one keeps every structural row, so the warm
-    entities keep what structure gives them); ``replace`` trains on the dropped rows only.
+    on their own (0: off, the default; the cold-start configs use 0.3). ``loss: twin`` scores the step
+    a second time with those rows dropped and adds that objective times ``weight`` to the full one (the
+    full one keeps every structural row, so the warm entities keep what structure gives them);
+    ``replace`` trains on the dropped rows only.
     ``negatives: false`` leaves the entities ranked from their features alone out of the training
     softmax: nothing is known of them, so they are not taught to be "never the answer" either.
     ``structure_grad: false`` stops the twin's gradient at the structural rows (it trains the
     projections, the fusion and the relations only): the structure then learns from the full
     objective alone, as without the twin.
-    The defaults won on wn9-img-cold (RESULTS.md, docs/method.md): with them the cold buckets rise
-    from ~0 without costing the warm entities; ``negatives: false`` lifted cold answers further but cost
-    the warm ones 0.17 MRR. IKRL and TBKGE score the structural view on its own and keep it everywhere.
+    Measured (RESULTS.md, docs/method.md): ``unseen: projection`` alone ranks cold entities from their
+    features at no training cost; the twin (``dropout: 0.3``) lifts cold answers much further
+    (wn9-img-cold 0.19 -> 0.29, fb-img-cold 0.03 -> 0.12) but doubles a step's scoring and, on
+    FB-IMG, slows the warm ranking (-0.04 MRR at 12 epochs where nothing is cold), so it is the cold
+    configs' setting, not the default. ``negatives: false`` lifted cold answers further but cost the
+    warm ones 0.17 MRR. IKRL and TBKGE score the structural view on its own and keep it everywhere.
     """
 
     unseen: Literal["projection", "table"] = "projection"
-    dropout: float = 0.3
+    dropout: float = 0.0
     loss: Literal["twin", "replace"] = "twin"
     weight: float = 1.0
     negatives: bool = True

@@ -224,12 +224,13 @@ def test_fit_with_map_terms_learns_and_logs_every_term(
 
 
 def test_fit_with_map_terms_resumes_exactly(ring_multimodal_dataset: Path, tmp_path: Path) -> None:
-    """2 epochs, a checkpoint, resumed to 4 = 4 epochs straight, bit for bit (default cold settings: the
-    structural-view dropout's twin objective is on too)."""
-    straight = fit(map_config(ring_multimodal_dataset, tmp_path / "a", 4), log=quiet)
-    fit(map_config(ring_multimodal_dataset, tmp_path / "b", 2), log=quiet)
+    """2 epochs, a checkpoint, resumed to 4 = 4 epochs straight, bit for bit (the structural-view
+    dropout's twin objective on too, as the cold-start configs train)."""
+    twin = {"name": "map", "rank": 8, "init_scale": 0.1, "cold": {"dropout": 0.3}}
+    straight = fit(map_config(ring_multimodal_dataset, tmp_path / "a", 4, model=twin), log=quiet)
+    fit(map_config(ring_multimodal_dataset, tmp_path / "b", 2, model=twin), log=quiet)
     messages: list[str] = []
-    resumed = fit(map_config(ring_multimodal_dataset, tmp_path / "b", 4), log=messages.append)
+    resumed = fit(map_config(ring_multimodal_dataset, tmp_path / "b", 4, model=twin), log=messages.append)
     assert any("resuming" in m and "epoch 2" in m for m in messages)
 
     a = load_checkpoint(straight.run_dir / CHECKPOINT_NAME)
