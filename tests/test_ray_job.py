@@ -69,6 +69,20 @@ def head() -> Iterator[tuple[str, int, Path]]:
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            # every port of its own: another Ray on the machine (a study, a second test run) holds the
+            # defaults, and a head whose job agent cannot bind its port never takes a job
+            *(
+                f"--{name}={free_port()}"
+                for name in (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "metrics-export-port",
+                    "runtime-env-agent-port",
+                    "ray-client-server-port",
+                    "node-manager-port",
+                    "object-manager-port",
+                )
+            ),
             "--num-cpus=2",
             "--disable-usage-stats",
             f"--temp-dir={temp / 'ray'}",
