@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from distmap.track import CODE_PATHS
+from distmap.track import source_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -59,13 +58,6 @@ def cpu_flags() -> list[str]:
     except OSError:
         pass
     return []
-
-
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
 
 
 def versions() -> dict[str, str]:
@@ -120,13 +112,13 @@ class Record:
         self.name = name
         self.values: dict[str, Any] = {}
         self.started = datetime.now(UTC)
-        commit = git("rev-parse", "HEAD")
+        commit, _, dirty = source_commit().partition("+")  # the same commit and dirty rule as a run's
         self.facts: dict[str, Any] = {
             "benchmark": name,
             "command": shlex.join(["python", *sys.argv]) if sys.argv and sys.argv[0] else name,
             "args": plain(vars(args) if isinstance(args, argparse.Namespace) else args),
             "commit": commit,
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)) if commit else None,
+            "dirty": bool(dirty),
             "started": f"{self.started:%Y-%m-%dT%H:%M:%S}Z",
             "host": {
                 "cpu": cpu_name(),
