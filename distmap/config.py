@@ -85,7 +85,11 @@ class ColdConfig:
     softmax: nothing is known of them, so they are not taught to be "never the answer" either.
     ``structure_grad: false`` stops the twin's gradient at the structural rows (it trains the
     projections, the fusion and the relations only): the structure then learns from the full
-    objective alone, as without the twin.
+    objective alone, as without the twin. ``twin_trains: projections`` stops it everywhere but at
+    the dropped rows' projections (structural rows, relations and the fused rows of the other
+    entities are read without gradient): the full objective then trains the model exactly as
+    without the twin, and the twin teaches the projections to stand in for a structural row of that
+    model; with ``model.fusion: structure`` the warm entities are ranked by their structural rows alone.
     Measured (RESULTS.md, docs/method.md): ``unseen: projection`` alone ranks cold entities from their
     features at no training cost; the twin (``dropout: 0.3``) lifts cold answers much further
     (wn9-img-cold 0.19 -> 0.29, fb-img-cold 0.03 -> 0.12) but doubles a step's scoring and, on
@@ -100,6 +104,7 @@ class ColdConfig:
     weight: float = 1.0
     negatives: bool = True
     structure_grad: bool = True
+    twin_trains: Literal["all", "projections"] = "all"
 
     def check(self) -> None:
         _require(0 <= self.dropout < 1, "model.cold.dropout", "must be in [0, 1)")
@@ -112,7 +117,8 @@ class ModelConfig:
 
     ``fusion: auto`` is each model's own: ``learned`` weights for map, transae, mmkrl and a
     structural model given modalities; OTKGE's fixed ``weighted`` sum; the views side by side
-    (``concat``) for ikrl and tbkge, which score every pair of views. ``fusion_weights`` lists
+    (``concat``) for ikrl and tbkge, which score every pair of views; ``structure``: the structural
+    row where there is one, the projections only where there is none (``ColdConfig``). ``fusion_weights`` lists
     one weight per view, structure first, then ``data.modalities`` in order (default: equal).
     ``label`` names the run in logs and tables (e.g. ``MAP w/o R``).
     """
@@ -123,7 +129,7 @@ class ModelConfig:
     p_norm: int = 2
     label: str = ""
     projection: Literal["linear", "mlp"] = "linear"
-    fusion: Literal["auto", "weighted", "learned", "gate", "attention"] = "auto"
+    fusion: Literal["auto", "weighted", "learned", "gate", "attention", "structure"] = "auto"
     fusion_weights: list[float] = field(default_factory=list)
     aux_weight: float = 1.0
     adversarial_eps: float = 0.0

@@ -15,6 +15,7 @@ from distmap.config import ColdConfig, ModelConfig
 from distmap.data.batches import QueryGroups
 from distmap.data.kg import add_reciprocals, entity_degrees
 from distmap.errors import DistmapError
+from distmap.models.modalities import Fusion
 from distmap.models.model import dropped_rows, step_key
 from distmap.models.multimodal import FeatureRows
 from distmap.models.zoo import build_model
@@ -58,7 +59,7 @@ def tiny_model(cold: ColdConfig, seen: torch.Tensor, fusion: str = "auto") -> to
     )
 
 
-@pytest.mark.parametrize("fusion", ["learned", "weighted", "gate", "attention"])
+@pytest.mark.parametrize("fusion", ["learned", "weighted", "gate", "attention", "structure"])
 def test_unseen_entities_are_their_projected_features(fusion: str) -> None:
     seen = torch.tensor([True] * 6 + [False] * 3)  # 6, 7 unseen with text; 8 unseen without
     model = tiny_model(ColdConfig(unseen="projection"), seen, fusion)
@@ -69,6 +70,10 @@ def test_unseen_entities_are_their_projected_features(fusion: str) -> None:
     torch.testing.assert_close(views.fused[6:8], model.unseen_rows({"text": text[6:8]}))
     if fusion in ("learned", "weighted"):  # all the fusion's weight on the one view it has
         torch.testing.assert_close(views.fused[6:8], model.fusion.total * views.projected["text"][6:8])
+    if fusion == "structure":  # the projection stands in where there is no structural row, nowhere else
+        torch.testing.assert_close(views.fused[6:8], views.projected["text"][6:8])
+        torch.testing.assert_close(views.fused[:6], views.structure[:6])
+        torch.testing.assert_close(views.fused[8], views.structure[8])
     # seen rows and the featureless one are fused as before
     table = tiny_model(ColdConfig(unseen="table"), seen, fusion)
     torch.testing.assert_close(views.fused[:6], table.views().fused[:6])
@@ -106,6 +111,50 @@ def test_twin_without_structure_gradient_trains_the_features_only() -> None:
     assert grads[True][1].abs().sum() > 0
     assert grads[False][1] is None
     torch.testing.assert_close(grads[True][2], grads[False][2])
+
+
+def test_structure_fusion_stands_in_with_the_mean_of_the_projections() -> None:
+    """``fusion: structure`` with two modalities: a row without a structural view is the mean of the
+    projected views it has (one, if it has one); a row with one is its structural row alone."""
+    views = [torch.randn(3, 2), torch.randn(3, 2), torch.randn(3, 2)]
+    present = [torch.tensor([True, False, False]), torch.tensor([True, True, False]), torch.tensor([True, True, True])]
+    fused = Fusion("structure", 3, 2, [1.0, 1.0, 1.0], 0)(views, present)
+    torch.testing.assert_close(fused[0], views[0][0])
+    torch.testing.assert_close(fused[1], (views[1][1] + views[2][1]) / 2)
+    torch.testing.assert_close(fused[2], views[2][2])
+
+
+@pytest.mark.parametrize("fusion", ["learned", "structure"])
+def test_twin_training_projections_only_leaves_the_full_objective_alone(fusion: str) -> None:
+    """``twin_trains: projections``: the twin's fused rows have the values of the plain twin, but its
+    loss reaches nothing but the projections: the structural rows, the relations and the fusion get
+    exactly the full objective's gradient, as without the twin; the projections get more."""
+    seen = torch.tensor([True] * 7 + [False, True])
+    train = torch.tensor([[0, 0, 1], [1, 1, 2], [2, 0, 3], [3, 1, 4], [4, 0, 5], [5, 1, 6], [6, 0, 8], [8, 1, 0]])
+    groups = QueryGroups.build(add_reciprocals(train, 2), grouped=True)
+    ids = torch.arange(groups.num_groups)
+    objective = Objective("n3", 0.01)
+
+    def grads(cold: ColdConfig) -> dict[str, torch.Tensor]:
+        model = tiny_model(cold, seen, fusion)
+        total, _, _ = local_step(model, groups, objective)(ids)
+        total.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(ColdConfig(unseen="projection", dropout=0.0))
+    head = grads(ColdConfig(unseen="projection", dropout=0.5, twin_trains="projections"))
+    twin = grads(ColdConfig(unseen="projection", dropout=0.5))
+    assert set(head) == set(twin)
+    for name, grad in head.items():
+        if name.startswith("projections."):
+            assert not torch.allclose(grad, plain.get(name, torch.zeros_like(grad))), name
+        else:
+            torch.testing.assert_close(grad, plain.get(name, torch.zeros_like(grad)), msg=name)
+            if name in ("entities.weight", "relations"):
+                assert not torch.allclose(grad, twin[name]), name  # the plain twin does reach them
+    model = tiny_model(ColdConfig(unseen="projection", dropout=0.5, twin_trains="projections"), seen, fusion)
+    same = tiny_model(ColdConfig(unseen="projection", dropout=0.5), seen, fusion)
+    torch.testing.assert_close(model.twin_views(model.views(), 99).fused, same.twin_views(same.views(), 99).fused)
 
 
 def test_unseen_rows_errors() -> None:
@@ -186,3 +235,12 @@ def test_a_held_out_cluster_member_is_ranked_from_its_features() -> None:
     assert top10["table"] < 0.55, top10
     assert top10["default"] > 0.7, top10
     assert default.mean() < 0.5 * structural.mean()
+
+
+def test_a_held_out_member_is_ranked_by_projections_trained_beside_a_structural_model() -> None:
+    """``fusion: structure`` with a twin that trains the projections only: the warm entities are
+    ComplEx's structural rows, and the held-out members, never in a softmax, are ranked from the
+    projections the twin taught to stand in for a structural row."""
+    cold = ColdConfig(unseen="projection", dropout=0.3, negatives=False, twin_trains="projections")
+    head = cold_ranks(ModelConfig(name="map", rank=8, init_scale=0.1, fusion="structure", cold=cold))
+    assert (head <= 10).double().mean().item() > 0.7, head

@@ -105,6 +105,17 @@ VARIANTS = {  # name -> (model config, modalities, alignment)
         ["text", "visual"],
         None,
     ),
+    "map-cold-head": (  # the structural row where there is one; the twin trains the stand-in projections only
+        ModelConfig(
+            name="map",
+            rank=4,
+            init_scale=0.3,
+            fusion="structure",
+            cold=ColdConfig(unseen="projection", dropout=0.3, negatives=False, twin_trains="projections"),
+        ),
+        ["text", "visual"],
+        None,
+    ),
     "map-cold-replace": (
         ModelConfig(
             name="map", rank=4, init_scale=0.3, cold=ColdConfig(unseen="projection", dropout=0.3, loss="replace")
@@ -213,6 +224,7 @@ def run_sharded(name: str, world_size: int, tmp_path: Path, grouped: bool = True
         ("otkge", 3, True),
         ("map-aligned", 2, True),
         ("map-cold-twin", 2, True),
+        ("map-cold-head", 2, True),
         ("map-cold-replace", 3, True),
     ],
 )

@@ -67,12 +67,17 @@ def text_rows() -> FeatureRows:
     return FeatureRows(values, present)
 
 
-COLD = ColdConfig(unseen="projection", dropout=0.3)  # the "cold" variant: every 7th entity unseen
+COLD = {  # the cold variants: every 7th entity unseen
+    "twin": ColdConfig(unseen="projection", dropout=0.3),
+    # the structural row where there is one, unseen entities out of the softmax, a twin training projections only
+    "head": ColdConfig(unseen="projection", dropout=0.3, negatives=False, twin_trains="projections"),
+}
 WARM = ColdConfig(unseen="table", dropout=0.0)  # the plain fused model: every row has its structural view
+SEEN_7 = torch.arange(N) % 7 != 0  # the train-seen entities of the cold variants (all of them have text)
 
 
 def model_for(
-    lo: int, hi: int, dtype: torch.dtype = torch.float32, multimodal: bool = False, cold: bool = False
+    lo: int, hi: int, dtype: torch.dtype = torch.float32, multimodal: bool = False, cold: str = ""
 ) -> torch.nn.Module:
     """ComplEx, or MAP's fused ComplEx over synthetic text rows (learned fusion weights); ``cold``: with
     unseen entities ranked from their text and the structural-view dropout's twin objective."""
@@ -82,7 +87,13 @@ def model_for(
         )
     rows = text_rows()
     return build_model(
-        ModelConfig(name="map", rank=4, init_scale=0.3, fusion="learned", cold=COLD if cold else WARM),
+        ModelConfig(
+            name="map",
+            rank=4,
+            init_scale=0.3,
+            fusion="structure" if cold == "head" else "learned",
+            cold=COLD[cold] if cold else WARM,
+        ),
         N,
         R,
         seed=3,
@@ -90,11 +101,11 @@ def model_for(
         modalities=["text"],
         read_features=lambda m, a, b: FeatureRows(rows.values[a:b], rows.present[a:b]),
         table_dtype=dtype,
-        seen=torch.arange(N) % 7 != 0,
+        seen=SEEN_7,
     )
 
 
-def one_step(rank: int, size: int, multimodal: bool = False, cold: bool = False) -> dict[str, object]:
+def one_step(rank: int, size: int, multimodal: bool = False, cold: str = "") -> dict[str, object]:
     """Loss, entity-row gradients (this worker's rows, dense) and the replicated parameters' gradients
     (relations; MAP's projection and fusion weights) of one sampled step."""
     lo, hi = row_ranges(N, size)[rank]
@@ -114,11 +125,12 @@ def replicated_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if n != "entities.weight" and p.grad is not None}
 
 
-def direct(size: int, multimodal: bool = False, cold: bool = False) -> dict[str, object]:
+def direct(size: int, multimodal: bool = False, cold: str = "") -> dict[str, object]:
     """The same step written out in one process: every worker's candidates scored at once, the
     corrected softmax by ``log_softmax``, gradients by autograd on the whole table (through MAP's
     projection and fusion of all rows); ``cold``: plus the same loss on the rows with the step's
-    structural views dropped (the twin, weight 1)."""
+    structural views dropped (the twin, weight 1; ``head``: its relations without gradient, the
+    unseen entities out of both softmaxes)."""
     model = model_for(0, N, multimodal=multimodal, cold=cold)
     groups, ids = first_batch()
     batch = groups.select(ids)
@@ -138,16 +150,19 @@ def direct(size: int, multimodal: bool = False, cold: bool = False) -> dict[str,
     h, r = batch.queries.unbind(1)
     pq = batch.pair_query
 
-    def objective(fused: torch.Tensor) -> torch.Tensor:
-        q = model.interaction.query(fused[h], model.relations[r])
+    def objective(fused: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+        q = model.interaction.query(fused[h], relations[r])
         logits = model.interaction.score(q, fused[union]) + correction
+        if cold == "head":
+            logits = logits.masked_fill(~SEEN_7[union][None, :], -math.inf)
         nll = -torch.log_softmax(logits, dim=1)[pq, target]
-        factors = model.interaction.factors(fused[h][pq], model.relations[r][pq], fused[batch.tails])
+        factors = model.interaction.factors(fused[h][pq], relations[r][pq], fused[batch.tails])
         return nll.mean() + Objective("n3", REG).penalty(factors, len(nll))
 
-    loss = objective(model.views().fused)
+    loss = objective(model.views().fused, model.relations)
     if cold:
-        loss = loss + objective(model.twin_views(model.views(), step_key(ids)).fused)
+        twin = model.twin_views(model.views(), step_key(ids)).fused
+        loss = loss + objective(twin, model.relations.detach() if cold == "head" else model.relations)
     loss.backward()
     return {"loss": loss.item(), "grad": model.entities.weight.grad, **replicated_grads(model)}
 
@@ -156,8 +171,9 @@ def _worker(rank: int, size: int, port: int, job: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
-        if job in ("step", "map-step", "cold-step"):
-            result = one_step(rank, size, multimodal=job != "step", cold=job == "cold-step")
+        if job.endswith("step"):
+            cold = job.removeprefix("cold-").removesuffix("-step") if job.startswith("cold-") else ""
+            result = one_step(rank, size, multimodal=job != "step", cold=cold)
         else:
             result = train(rank, size, rowwise=job == "rowwise")
         torch.save(result, Path(out) / f"rank{rank}.pt")
@@ -172,16 +188,26 @@ def spawn(job: str, size: int, tmp_path: Path) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize(
     ("size", "multimodal", "cold"),
-    [(1, False, False), (2, False, False), (3, False, False), (1, True, False), (2, True, False), (2, True, True)],
+    [
+        (1, False, ""),
+        (2, False, ""),
+        (3, False, ""),
+        (1, True, ""),
+        (2, True, ""),
+        (2, True, "twin"),
+        (1, True, "head"),
+        (2, True, "head"),
+    ],
     ids=lambda v: str(v),
 )
 def test_sampled_loss_and_gradients_equal_direct_softmax(
-    size: int, multimodal: bool, cold: bool, tmp_path: Path
+    size: int, multimodal: bool, cold: str, tmp_path: Path
 ) -> None:
     """Structural ComplEx, and MAP (text rows projected and fused from the touched rows only), also
-    with unseen entities and the structural-view dropout's twin objective."""
+    with unseen entities and the structural-view dropout's twin objective, plain or training the
+    projections only beside structural rows (``head``)."""
     reference = direct(size, multimodal, cold)
-    job = "cold-step" if cold else ("map-step" if multimodal else "step")
+    job = f"cold-{cold}-step" if cold else ("map-step" if multimodal else "step")
     workers = [one_step(0, 1, multimodal, cold)] if size == 1 else spawn(job, size, tmp_path)
     replicated = [k for k in reference if k not in ("loss", "grad")]
     assert any(k.startswith("projections.") for k in replicated) == multimodal

@@ -93,7 +93,7 @@ def sharded_step(model: KGEModel, groups: QueryGroups, objective: Objective) -> 
         h, r = batch.queries.unbind(1)
         num_queries, num_pairs = len(h), len(batch.tails)
         h_emb, t_emb = replicated_rows(views.fused, lo, torch.cat([h, batch.tails])).split([num_queries, num_pairs])
-        r_emb = model.relations[r]
+        r_emb = model.relation_rows(r, views)
         scores = model.training_scores(model.interaction.score(model.interaction.query(h_emb, r_emb), views.fused))
         fit = objective.cross_entropy(scores, batch.pair_query, batch.tails, lo, model.num_entities, reduction)
         share = torch.arange(num_pairs, device=device).tensor_split(size)[rank]  # this worker's penalty terms
@@ -164,7 +164,7 @@ def sampled_step(
                 return views.fused[torch.searchsorted(touched, global_ids)]
 
             h_emb, t_emb = shared_rows(rows(ends[owned]), owned, len(ends)).split([num_queries, num_pairs])
-            r_emb = model.relations[r]
+            r_emb = model.relation_rows(r, views)
             q = model.interaction.query(h_emb, r_emb)
             scores = model.interaction.score(q, rows(cand.ids)) + cand.correction  # (Q, C_p)
             scores = model.training_scores(scores, cand.ids - lo)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 ProjectionKind = Literal["linear", "mlp"]
-FusionKind = Literal["weighted", "learned", "gate", "attention", "concat"]
+FusionKind = Literal["weighted", "learned", "gate", "attention", "concat", "structure"]
 
 
 class Projection(nn.Module):
@@ -52,7 +52,10 @@ class Fusion(nn.Module):
     - ``gate``: ``s + sum_m g_m * v_m`` with ``g_m = sigmoid(W_m [s; v_m])`` per coordinate;
     - ``attention``: softmax over the present views of ``a . tanh(W v_k)``, weighted sum;
     - ``concat``: the views side by side (M, K*d), for models that score each view (IKRL, TBKGE);
-      an absent view is the structural row in its place, so it adds no information of its own.
+      an absent view is the structural row in its place, so it adds no information of its own;
+    - ``structure``: the structural row where an entity has one, else the mean of its projected
+      views: the features only stand in for a missing structural row (``ColdConfig``), so the warm
+      entities are ranked exactly as the structural model ranks them.
     """
 
     def __init__(self, kind: FusionKind, num_views: int, dim: int, weights: list[float], seed: int) -> None:
@@ -90,6 +93,10 @@ class Fusion(nn.Module):
             )
         mask = torch.stack(present, dim=1).to(views[0].dtype)  # (M, K)
         stacked = torch.stack(views, dim=1)  # (M, K, d)
+        if self.kind == "structure":
+            others = mask[:, 1:, None]  # (M, K-1, 1)
+            stand_in = (stacked[:, 1:] * others).sum(1) / others.sum(1).clamp_min(1)
+            return torch.where(present[0][:, None], views[0], stand_in)
         if self.kind in ("weighted", "learned"):
             w = self.weights()[None, :] * mask  # (M, K)
             w = w * (self.total / w.sum(1, keepdim=True))

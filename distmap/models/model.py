@@ -93,6 +93,9 @@ class EntityViews:
     structured: Tensor | None = None
     # (M,) local rows of the block these views hold (the sampled objective's touched rows); None: all of it
     rows: Tensor | None = None
+    # False: views scored only to train some rows' projections (``ColdConfig.twin_trains``), so the
+    # relations are read without gradient
+    trains_relations: bool = True
 
     def with_structure(self, rows: Tensor) -> Tensor:
         """The rows of ``rows`` whose structural row is real (all of them by default)."""
@@ -192,6 +195,11 @@ class KGEModel(nn.Module):
             "(train a multimodal model, e.g. configs/wn9img/map.yaml, to rank new entities from features)"
         )
 
+    def relation_rows(self, r: Tensor, views: EntityViews) -> Tensor:
+        """Relation rows of ``r`` (B,) for scoring ``views``: without gradient where the views say so."""
+        rows = self.relations[r]
+        return rows if views.trains_relations else rows.detach()
+
     def structure(self) -> Tensor:
         """The block's structural rows as the math reads them: a bfloat16 table as a float32 copy."""
         weight = self.entities.weight
@@ -238,7 +246,7 @@ class KGEModel(nn.Module):
         # One gather for heads and tails: each gather's backward zero-fills a block-sized gradient.
         rows = views.fused[torch.cat([h, batch.tails]) - views.lo]
         h_emb, t_emb = rows.split([len(h), len(batch.tails)])
-        r_emb = self.relations[r]
+        r_emb = self.relation_rows(r, views)
         scores = self.training_scores(self.interaction.score(self.interaction.query(h_emb, r_emb), views.fused))
         return scores, self.interaction.factors(*per_pair(batch.pair_query, h_emb, r_emb), t_emb), views
 

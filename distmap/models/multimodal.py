@@ -56,13 +56,13 @@ class MultimodalModel(KGEModel):
         unseen: Literal["projection", "table"] = "table",
         dropout: float = 0.0,
         negatives: bool = True,
-        twin_structure_grad: bool = True,
+        twin_grad: Literal["all", "no_structure", "projections"] = "all",
     ) -> None:
         """``seen`` (M,) bool: the block's entities that occur in a train triple (None: all); with ``unseen:
         projection`` the others that have a feature are represented by their features alone, and
         ``dropout`` is the share of rows a training step represents so; ``negatives: False`` leaves the
-        former out of the training softmax; ``twin_structure_grad: False`` detaches the structural rows in
-        the twin views (``ColdConfig``). Views side by
+        former out of the training softmax; ``twin_grad`` is what the twin views carry gradient into:
+        everything, all but the structural rows, or only the dropped rows' projections (``ColdConfig``). Views side by
         side (``concat``) score the structural view on its own: such a model keeps it everywhere."""
         super().__init__(interaction, num_entities, num_relations, rank, init_scale, seed, entity_range, table_dtype)
         self.seed = seed  # replicated weights are drawn from it, the same on every worker
@@ -84,7 +84,7 @@ class MultimodalModel(KGEModel):
         self.register_buffer("has_feature", has_feature, persistent=False)
         self.register_buffer("structured", structured, persistent=False)
         self.dropout = dropout if fusion != "concat" else 0.0
-        self.twin_structure_grad = twin_structure_grad
+        self.twin_grad = twin_grad
         # Rows left out of the training softmax: those ranked from their features alone, if asked.
         self.register_buffer("excluded", None if negatives or bool(structured.all()) else ~structured, persistent=False)
         if projection is not None:  # else a subclass brings its own ``project``
@@ -115,9 +115,21 @@ class MultimodalModel(KGEModel):
         local = slice(None) if views.rows is None else views.rows
         rows = torch.arange(len(views.structure), device=views.structure.device) if views.rows is None else views.rows
         ids = self.entities.lo + rows  # global ids: the draw must not depend on which rows are asked
-        placed = views.structured & ~(dropped_rows(ids, drop, self.dropout) & self.has_feature[local])
-        structure = views.structure if self.twin_structure_grad else views.structure.detach()
-        fused = self.fusion([structure, *views.projected.values()], [placed, *views.present.values()])
+        dropped = views.structured & dropped_rows(ids, drop, self.dropout) & self.has_feature[local]
+        if self.twin_grad == "projections":
+            # Only the dropped rows, projected alone, carry gradient; the rest are the full views' rows.
+            picked = dropped.nonzero().squeeze(1)
+            alone = self.fusion(
+                [views.structure.new_zeros(len(picked), views.structure.shape[1])]
+                + [p[picked] for p in views.projected.values()],
+                [torch.zeros_like(picked, dtype=torch.bool)] + [p[picked] for p in views.present.values()],
+            )
+            fused = views.fused.detach().index_put((picked,), alone)
+            return dataclasses.replace(views, fused=fused, trains_relations=False)
+        structure = views.structure if self.twin_grad == "all" else views.structure.detach()
+        fused = self.fusion(
+            [structure, *views.projected.values()], [views.structured & ~dropped, *views.present.values()]
+        )
         return dataclasses.replace(views, fused=fused)
 
     @property

@@ -95,7 +95,9 @@ def build_model(
         "unseen": cfg.cold.unseen,
         "dropout": cfg.cold.dropout,
         "negatives": cfg.cold.negatives,
-        "twin_structure_grad": cfg.cold.structure_grad,
+        "twin_grad": "projections"
+        if cfg.cold.twin_trains == "projections"
+        else ("all" if cfg.cold.structure_grad else "no_structure"),
     }
     if cfg.name == "otkge":
         anchors = {m: first_present(read_features, m, num_entities, cfg.otkge.anchors) for m in modalities}
