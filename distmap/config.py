@@ -95,7 +95,11 @@ class ColdConfig:
     (wn9-img-cold 0.19 -> 0.29, fb-img-cold 0.03 -> 0.12) but doubles a step's scoring and, on
     FB-IMG, slows the warm ranking (-0.04 MRR at 12 epochs where nothing is cold), so it is the cold
     configs' setting, not the default. ``negatives: false`` lifted cold answers further but cost the
-    warm ones 0.17 MRR. IKRL and TBKGE score the structural view on its own and keep it everywhere.
+    warm ones 0.17 MRR. ``twin_trains: projections`` with ``negatives: false`` keeps the warm ranking
+    among warm entities where the structural model has it and lifts fb-img-cold's cold answers to 0.22,
+    but the cold entities' text rows, never a negative, then outrank warm answers (warm queries 0.69
+    against ComplEx's 0.82); on wn9-img-cold it is worse than the twin in every bucket, so it is an
+    alternative, not a default. IKRL and TBKGE score the structural view on its own and keep it everywhere.
     """
 
     unseen: Literal["projection", "table"] = "projection"
