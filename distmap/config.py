@@ -164,7 +164,8 @@ class AlignConfig:
 
     ``scope: minibatch`` (MAP): per step, ``sample`` of the batch's entities (0 = all) plus ``extra``
     uniformly drawn entities (the augmentation; optionally ``perturb``-ed views) are aligned;
-    ``scope: full``: all entities every ``plan_every`` steps' plan (the costly OTKGE-style baseline).
+    ``scope: full``: all entities every ``plan_every`` steps' plan, counted from each epoch's first step
+    (the costly OTKGE-style baseline).
     ``lambda_align`` weighs the transport cost ``<P, C>``, ``lambda_preserve`` the instance-preserving
     KL at neighbourhood ``temperature``. Both 0 = no term (``MAP w/o R & A``). ``detach_structure``
     makes the structural rows the fixed target of the transport (only the projections move);

@@ -60,7 +60,9 @@ class MinibatchAlignment:
 class FullAlignment:
     """Entity-level full OT: the same transport cost over every entity of the block, with the
     plan re-solved every ``plan_every`` steps (the costly whole-distribution alignment MAP avoids).
-    On one process the block is the whole table."""
+    On one process the block is the whole table. The count restarts every epoch (``restart``), so
+    the first step of an epoch always solves a fresh plan and a run resumed from an epoch's
+    checkpoint prices every step with the plan the uninterrupted run uses."""
 
     weight: float
     solver: Solver
@@ -70,6 +72,10 @@ class FullAlignment:
     name: str = "full_ot"
     _plans: dict[str, Tensor] = field(default_factory=dict, repr=False)
     _step: int = 0
+
+    def restart(self) -> None:
+        self._step = 0
+        self._plans.clear()
 
     def __call__(self, views: EntityViews, rows: Tensor) -> Tensor:
         total = views.structure.new_zeros(())

@@ -201,7 +201,10 @@ def training_step(
     exact: Callable[[KGEModel, QueryGroups, Objective], StepLoss] = local_step,
 ) -> StepLoss:
     """The step of ``train.objective``: ``exact`` (one process's or a worker's 1-vs-all step) or the
-    sampled step, which is the same code for one process and P workers."""
+    sampled step, which is the same code for one process and P workers. Both engines build it at the
+    start of every epoch, where loss terms that hold state across steps start afresh
+    (``Objective.start_epoch``): an epoch-end checkpoint then holds all a resumed run needs."""
+    objective.start_epoch()
     if cfg.train.objective == "exact":
         return exact(model, groups, objective)
     assert isinstance(optimizer, SplitOptimizer)  # make_optimizer(..., sparse=True) gives one

@@ -167,6 +167,13 @@ class Objective:
             return None, False
         return step_key(ids), self.dropout_loss == "replace"
 
+    def start_epoch(self) -> None:
+        """Terms that carry state from step to step (``FullAlignment``'s held plan) start it again."""
+        for term in self.terms:
+            restart = getattr(term, "restart", None)
+            if restart is not None:
+                restart()
+
     def extra(self, model: KGEModel, views: EntityViews, rows: Tensor) -> Tensor:
         """The model's auxiliary loss and every term over ``rows`` (local rows of the step's entities)."""
         total = model.auxiliary_loss(views, rows)
