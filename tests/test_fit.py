@@ -65,6 +65,16 @@ def test_learns_logs_and_writes_outputs(ring_dataset: Path, tmp_path: Path) -> N
     }
 
 
+def test_metrics_name_the_commit_the_run_started_from(
+    ring_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit made while a run trains is not the code that run executes: metrics.json keeps the first."""
+    commits = iter(["started-at", "checked-out-later", "checked-out-later"])
+    monkeypatch.setattr("distmap.train.fit.source_commit", lambda: next(commits))
+    result = fit(make_config(ring_dataset, tmp_path, epochs=2, valid_every=1), log=quiet)
+    assert json.loads((result.run_dir / "metrics.json").read_text())["commit"] == "started-at"
+
+
 @pytest.mark.parametrize("model", ["transe", "distmult", "rotate"])
 def test_every_model_trains(ring_dataset: Path, tmp_path: Path, model: str) -> None:
     cfg = make_config(ring_dataset, tmp_path, model=model, epochs=4, optimizer="adam", lr=0.01)

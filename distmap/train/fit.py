@@ -365,6 +365,8 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
     """
     name = run_name(cfg)
     run_dir = Path(cfg.track.output_dir) / name
+    # The code this process runs is the checkout as it is now, not as it is when training ends.
+    commit = source_commit()
     leak = valid_leak(engine.kg, log if chief else lambda _: None)
     refuse_leaky_valid(leak, cfg)
     probe = probe_ids(engine.kg, cfg.track.probe_entities) if cfg.track.probe_entities else None
@@ -395,7 +397,7 @@ def run(engine: Engine, cfg: Config, log: Callable[[str], None], chief: bool = T
                     **buckets.flat("test"),
                 }
             )
-            for path in _write_outputs(run_dir, cfg, progress, valid, test, name, buckets):
+            for path in _write_outputs(run_dir, cfg, progress, valid, test, name, buckets, commit):
                 tracker.log_artifact(path)
     except BaseException:
         tracker.finish("FAILED")
@@ -506,6 +508,7 @@ def _write_outputs(
     test: EvalResult,
     name: str,
     buckets: Breakdown,
+    commit: str,
 ) -> list[Path]:
     metrics = {
         "run": name,
@@ -514,7 +517,7 @@ def _write_outputs(
         "model": cfg.model.name,
         "modalities": ["structure", *cfg.data.modalities],
         "seed": cfg.train.seed,
-        "commit": source_commit(),
+        "commit": commit,  # taken when the run started
         "best_epoch": progress.best_epoch,
         "epochs_run": progress.epoch,
         "train_seconds": sum(h["epoch_seconds"] for h in progress.history),
