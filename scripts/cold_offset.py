@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from distmap.config import load_config
-from distmap.data.kg import KnowledgeGraph, add_reciprocals, entity_degrees
+from distmap.data.kg import KnowledgeGraph, add_reciprocals
 from distmap.restore import load_best_model
+from distmap.train.breakdown import breakdown_of
 from distmap.train.evaluate import FilterIndex, evaluate
 
 
@@ -33,11 +34,9 @@ def main() -> None:
     model, _ = load_best_model(args.run, cfg, kg, torch.device("cpu"))
     model.eval()
     stand_in = getattr(model, "structured", torch.ones(kg.num_entities, dtype=torch.bool)).logical_not()
-    seen = entity_degrees(kg.train, kg.num_entities) > 0
     triples = kg.test if args.split == "test" else kg.valid
     known = FilterIndex.build(add_reciprocals(kg.all_triples(), kg.num_relations), kg.num_entities)
     base = model.scorer()
-    h_seen, t_seen = seen[triples[:, 0]], seen[triples[:, 2]]
     print(f"{args.run.name}, {args.split} split, {int(stand_in.sum())} stand-in entities")
     print("| b | overall | warm | answer cold | query cold |\n|---|---|---|---|---|")
     for b in args.offsets:
@@ -49,14 +48,11 @@ def main() -> None:
         result = evaluate(
             scorer, triples, num_relations=kg.num_relations, filter_index=known, num_entities=kg.num_entities
         )
-        tail = 1 / result.counts["tail"].ranks().double()  # answer: t
-        head = 1 / result.counts["head"].ranks().double()  # answer: h
-        warm = torch.cat([tail[h_seen & t_seen], head[h_seen & t_seen]])
-        answer = torch.cat([tail[h_seen & ~t_seen], head[~h_seen & t_seen]])
-        query = torch.cat([tail[~h_seen & t_seen], head[h_seen & ~t_seen]])
-        cells = [torch.cat([tail, head]), warm, answer, query]
+        buckets = breakdown_of(kg, result, args.split)  # the ``cold start`` group, as --breakdown has it
+        cold = buckets.group("cold")
+        cells = [buckets.overall, cold["warm"], cold["answer cold"], cold["query cold"]]
         shown = "inf" if math.isinf(b) else f"{b:g}"
-        print(f"| {shown} | " + " | ".join(f"{c.mean():.4f}" if len(c) else "—" for c in cells) + " |", flush=True)
+        print(f"| {shown} | " + " | ".join(f"{c.mrr:.4f}" if c.queries else "—" for c in cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
